@@ -1,0 +1,121 @@
+"""Needle-in-a-haystack passkey retrieval over a grid of context lengths × needle depths.
+
+The classic passkey test (Mohtashami & Jaggi, 2023): a random 5-digit pass key is hidden at depth d of a
+haystack of repeated filler sentences; the model must complete "What is the pass key? The pass key is".
+Everything happens in token space, so a sample has exactly ``length`` prompt tokens and the needle starts at
+``round(d · filler_tokens)`` (snapped to a filler-sentence boundary, so no sentence is cut).
+
+    grid = run_grid(generate, tokenizer, lengths=[131072, 1048576], depths=[0, .25, .5, .75, 1])
+    grid["accuracy"]     # overall fraction correct; grid["cells"] holds each (length, depth)
+
+``generate(prompt_ids) -> str`` is any greedy decoder (``hf_generate_fn`` wraps a transformers model).
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "\nWhat is the pass key? The pass key is"
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message says what and how to fix it."""
+
+
+@dataclass
+class NiahSample:
+    """One haystack prompt."""
+
+    length: int
+    """Prompt length in tokens."""
+    depth: float
+    """Requested needle depth, fraction of the haystack."""
+    passkey: str
+    """The expected answer."""
+    needle_token_pos: int
+    """Index of the needle's first token in prompt_ids."""
+    prompt_ids: List[int]
+    """Token ids of the whole prompt."""
+
+
+def build_sample(tokenizer, length: int, depth: float, passkey: str, filler: str = FILLER) -> NiahSample:
+    """A prompt of exactly ``length`` tokens with the pass key at ``depth`` (0 = right after the intro)."""
+    if not 0.0 <= depth <= 1.0:
+        raise EvalError(f"needle depth {depth} is outside [0, 1]; use fractions such as 0.25")
+    intro = tokenizer.encode(INTRO)
+    needle = tokenizer.encode(NEEDLE.format(key=passkey))
+    question = tokenizer.encode(QUESTION)
+    sentence = tokenizer.encode(filler)
+    budget = length - len(intro) - len(needle) - len(question)
+    if budget < 0 or not sentence:
+        raise EvalError(f"context length {length} is shorter than the prompt skeleton "
+                        f"({length - budget} tokens); use lengths >= {length - budget + len(sentence)}")
+    reps, rest = divmod(budget, len(sentence))
+    haystack = sentence * reps + sentence[:rest]
+    at = min(round(depth * reps) * len(sentence), len(haystack))  # a sentence boundary
+    prompt = intro + haystack[:at] + needle + haystack[at:] + question
+    assert len(prompt) == length
+    return NiahSample(length, depth, passkey, len(intro) + at, prompt)
+
+
+def score_answer(generated: str, passkey: str) -> bool:
+    """Correct when the first number in the completion is the pass key."""
+    m = re.search(r"\d+", generated)
+    return bool(m) and m.group(0) == passkey
+
+
+def run_grid(generate: Callable[[List[int]], str], tokenizer, lengths: Sequence[int], depths: Sequence[float],
+             samples_per_cell: int = 1, seed: int = 0, log: Optional[Callable[[str], None]] = print) -> Dict:
+    """Evaluate every (length, depth) cell; returns {"accuracy", "cells": [...], "lengths", "depths"}."""
+    if not lengths or not depths or samples_per_cell < 1:
+        raise EvalError("the NIAH grid is empty: give eval.lengths, eval.depths and samples_per_cell >= 1")
+    rng = random.Random(seed)
+    cells, total, done, t0 = [], len(lengths) * len(depths) * samples_per_cell, 0, time.time()
+    for length in lengths:
+        for depth in depths:
+            correct, answers = 0, []
+            for _ in range(samples_per_cell):
+                key = str(rng.randint(10000, 99999))
+                sample = build_sample(tokenizer, length, depth, key)
+                out = generate(sample.prompt_ids)
+                ok = score_answer(out, key)
+                correct += ok
+                answers.append({"passkey": key, "output": out.strip()[:40], "correct": ok})
+                done += 1
+            cells.append({"length": length, "depth": depth, "accuracy": correct / samples_per_cell,
+                          "answers": answers})
+            if log:
+                eta = (time.time() - t0) / done * (total - done)
+                log(f"niah length={length} depth={depth:.2f} acc={correct / samples_per_cell:.2f} "
+                    f"[{done}/{total}, eta {eta:.0f}s]")
+    acc = sum(c["accuracy"] for c in cells) / len(cells)
+    return {"accuracy": acc, "lengths": list(lengths), "depths": list(depths), "cells": cells}
+
+
+def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10) -> Callable[[List[int]], str]:
+    """Greedy decoding with a transformers causal LM; returns the decoded continuation."""
+    import torch
+
+    def generate(prompt_ids: List[int]) -> str:
+        ids = torch.tensor([prompt_ids], device=model.device)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=model.config.eos_token_id
+                                 if isinstance(model.config.eos_token_id, int) else 0)
+        return tokenizer.decode(out[0, len(prompt_ids):].tolist())
+
+    return generate
+
+
+def sample_as_dict(sample: NiahSample) -> Dict:
+    """JSON-friendly view (without the prompt ids)."""
+    d = asdict(sample)
+    d.pop("prompt_ids")
+    return d

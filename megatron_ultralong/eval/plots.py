@@ -1,0 +1,66 @@
+"""Plots of evaluation results: NIAH heatmap (depth × length) and perplexity vs length. Written atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Sequence
+
+
+def _save(fig, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fmt_len(n: int) -> str:
+    return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def niah_heatmap(grid: Dict, path: str, title: str = "Passkey retrieval") -> None:
+    """Accuracy per (depth, length) cell as a red-to-green heatmap PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lengths, depths = grid["lengths"], grid["depths"]
+    acc = np.zeros((len(depths), len(lengths)))
+    for c in grid["cells"]:
+        acc[depths.index(c["depth"]), lengths.index(c["length"])] = c["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.0 + 0.5 * len(depths)))
+    im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"{title}: {grid['accuracy']:.1%}")
+    fig.colorbar(im, ax=ax, label="accuracy")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def perplexity_plot(lengths: Sequence[int], ppl: Sequence[float], path: str, title: str = "Perplexity") -> None:
+    """Perplexity vs context length (log-x) PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(lengths, ppl, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [_fmt_len(n) for n in lengths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)

