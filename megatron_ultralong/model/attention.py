@@ -1,0 +1,129 @@
+"""Core attention on torch SDPA: causal, optional document masks, grouped-query heads, context parallel.
+
+Installed through the layer spec (``model/specs.py``, backend 'sdpa') in place of Megatron's DotProductAttention,
+which materialises [b, heads, S, S] scores and refuses CP. Interface is Megatron's core-attention one:
+
+    query [sq, b, np, hn], key / value [sk, b, ng, hn]  ->  context [sq, b, np·hn]
+
+``attention_mask`` is either None (plain causal) or ``doc_ids`` [b, sq] (int, this rank's tokens), in which case a
+token attends only to earlier tokens of the same packed document. The softmax scale comes from
+``config.softmax_scale`` (it carries the YaRN temperature, see model/rotary.py).
+
+Context parallel (cp > 1): this rank's query/key/value rows are its two zigzag chunks ``(r, 2·cp−1−r)`` of the
+sequence (``parallel.zigzag_split``; Megatron's rotary module rotated them at those global positions). Keys and
+values (and document ids) are all-gathered over the CP group and put back in natural order (``zigzag_merge``); the
+query chunk with global index c then attends to the key prefix [0, (c+1)·L) with a lower-right-aligned causal mask,
+i.e. query at global position c·L+i sees keys at global positions <= c·L+i. Keys past the chunk are not even
+passed to SDPA, so the zigzag layout's load balance carries over to compute. Without document ids the mask is a
+``causal_lower_right`` bias (flash / memory-efficient kernels on CUDA, no S×S tensor); with document ids it is an
+explicit boolean [b, 1, L, (c+1)·L] mask — fine on CPU, quadratic in memory on long GPU runs (document masking at
+scale belongs to TE's THD path, not wired yet: see specs.make_attention_mask).
+
+The gather is our own autograd function: ``torch.distributed.nn.functional.all_gather`` backward fails on gloo for
+any group other than ranks [0, 1] (it scatters with group-local ranks taken as global ones).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from torch.nn.attention.bias import causal_lower_right
+
+from ..parallel import zigzag_chunk_ids, zigzag_gather, zigzag_merge
+
+
+class AllGatherSequence(torch.autograd.Function):
+    """Concatenate every group member's tensor along dim 0 (rank order); backward hands each rank the sum over
+    the group of the gradient of its own slice (every rank's loss used every rank's keys/values)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == "nccl":  # half the traffic of all-reduce; gloo has no reduce-scatter
+            out = grad.new_empty((ctx.rows, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad, group=ctx.group)
+            return out, None
+        grad = grad.clone()  # all_reduce is in place; the incoming grad may be shared with other consumers
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows), None
+
+
+class SDPACoreAttention(MegatronModule):
+    """Megatron-compatible core attention backed by torch.nn.functional.scaled_dot_product_attention."""
+
+    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection=None):
+        super().__init__(config=config)
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.cp_size = config.context_parallel_size
+        self.cp_group = None
+        if self.cp_size > 1:
+            if pg_collection is not None and hasattr(pg_collection, "cp"):
+                self.cp_group = pg_collection.cp
+            else:
+                from megatron.core import parallel_state as ps
+
+                self.cp_group = ps.get_context_parallel_group()
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPACoreAttention takes document ids, not packed_seq_params / bias")
+        sq, b, nh, hd = query.shape
+        q = query.permute(1, 2, 0, 3)  # (b, np, sq, hn)
+        dropout = self.dropout_p if self.training else 0.0
+        if self.cp_size > 1:
+            out = self._context_parallel(q, key, value, attention_mask, dropout)
+        else:
+            k = key.permute(1, 2, 0, 3)  # (b, ng, sk, hn)
+            v = value.permute(1, 2, 0, 3)
+            if attention_mask is None:  # flash / memory-efficient kernels, no mask tensor
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                                     scale=self.softmax_scale, enable_gqa=nh != k.shape[1])
+            else:
+                doc = attention_mask  # (b, s) document ids
+                causal = torch.ones(sq, k.shape[2], dtype=torch.bool, device=q.device).tril()
+                allowed = causal[None, None] & (doc[:, None, :, None] == doc[:, None, None, :])  # (b, 1, sq, sk)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout,
+                                                     scale=self.softmax_scale, enable_gqa=nh != k.shape[1])
+        return out.permute(2, 0, 1, 3).reshape(sq, b, nh * hd)  # (sq, b, np·hn)
+
+    def _context_parallel(self, q, key, value, doc_ids, dropout):
+        """q (b, np, 2L, hn) for this rank's zigzag chunks; key / value [2L, b, ng, hn] -> (b, np, 2L, hn)."""
+        cp, rank = self.cp_size, dist.get_rank(self.cp_group)
+        nh, L = q.shape[1], q.shape[2] // 2
+        kv = torch.stack([key, value], dim=1)  # [2L, 2, b, ng, hn]: one collective for both
+        kv = AllGatherSequence.apply(kv, self.cp_group)  # [cp·2L, 2, b, ng, hn], rank-major zigzag shards
+        kv = zigzag_merge(kv.chunk(cp, dim=0), seq_dim=0)  # [S, 2, b, ng, hn], natural order
+        k = kv[:, 0].permute(1, 2, 0, 3)  # (b, ng, S, hn)
+        v = kv[:, 1].permute(1, 2, 0, 3)
+        if k.shape[1] != nh:  # GQA: the lower-right causal kernels take equal head counts
+            k = k.repeat_interleave(nh // k.shape[1], dim=1)  # (b, np, S, hn); query head h uses group h // rep
+            v = v.repeat_interleave(nh // v.shape[1], dim=1)
+        doc_all = zigzag_gather(doc_ids, self.cp_group, seq_dim=1) if doc_ids is not None else None  # (b, S)
+        outs = []
+        for j, c in enumerate(zigzag_chunk_ids(cp, rank)):
+            qc = q[:, :, j * L:(j + 1) * L]  # (b, np, L, hn), global positions c·L ... c·L+L−1
+            kc, vc = k[:, :, :(c + 1) * L], v[:, :, :(c + 1) * L]  # keys at global positions 0 ... c·L+L−1
+            if doc_all is None:
+                mask = causal_lower_right(L, (c + 1) * L)
+            else:
+                causal = torch.ones(L, (c + 1) * L, dtype=torch.bool, device=q.device).tril(diagonal=c * L)
+                same_doc = doc_ids[:, j * L:(j + 1) * L, None] == doc_all[:, None, :(c + 1) * L]  # (b, L, (c+1)L)
+                mask = (causal & same_doc)[:, None]  # (b, 1, L, (c+1)L); the diagonal keeps every row non-empty
+            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout,
+                                                       scale=self.softmax_scale))
+        return torch.cat(outs, dim=2)

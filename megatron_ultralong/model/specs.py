@@ -1,0 +1,78 @@
+"""Layer specs: which implementation each transformer sub-module uses. The only place GPU and CPU differ in model code.
+
+| backend | where                        | linear / norm                 | core attention                          |
+|---------|------------------------------|-------------------------------|-----------------------------------------|
+| te      | H100 + Transformer Engine    | TE (fused norm+linear, FP8)   | TEDotProductAttention (TE context parallel) |
+| sdpa    | CPU, or a GPU without TE     | Megatron local                | ours: torch SDPA, CP-aware, document masks |
+| local   | reference / debugging        | Megatron local                | Megatron DotProductAttention (S×S scores, no CP) |
+
+``auto`` picks te on a GPU with Transformer Engine importable, sdpa otherwise. Megatron's local attention
+materialises [b, heads, S, S] scores and refuses CP, so it is kept as a numerical reference only.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from ..config import ConfigError, ModelConfig
+
+
+def te_available() -> bool:
+    """Transformer Engine importable and a GPU present."""
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def resolve_attention_backend(model: ModelConfig) -> str:
+    """The concrete backend ('te' | 'sdpa' | 'local') for model.attention_backend on this machine."""
+    backend = model.attention_backend
+    if backend == "auto":
+        return "te" if te_available() else "sdpa"
+    if backend == "te" and not te_available():
+        raise ConfigError("model.attention_backend='te' but Transformer Engine is not importable on a GPU here; "
+                          "use the NVIDIA PyTorch container, or model.attention_backend=sdpa")
+    if model.fp8 and backend != "te":
+        raise ConfigError(f"model.fp8={model.fp8!r} needs model.attention_backend='te' (got {backend!r})")
+    return backend
+
+
+def layer_spec(model: ModelConfig) -> ModuleSpec:
+    """ModuleSpec of one transformer layer for the resolved backend."""
+    backend = resolve_attention_backend(model)
+    if backend == "te":
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if backend == "sdpa":
+        from .attention import SDPACoreAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    return spec
+
+
+def make_attention_mask(backend: str, seq_length: int, doc_ids: Optional[torch.Tensor] = None,
+                        device=None) -> Optional[torch.Tensor]:
+    """The `attention_mask` argument GPTModel.forward expects for this backend.
+
+    - te / sdpa: None means plain causal; sdpa also takes ``doc_ids`` [b, s] (int) to mask across documents.
+      Under context parallelism s and doc_ids are this rank's zigzag share; the sdpa module gathers the rest.
+    - local: an explicit boolean [b|1, 1, s, s] mask, True = masked out (causal, and across documents).
+    """
+    if backend == "sdpa":
+        return doc_ids
+    if backend == "te":
+        if doc_ids is not None:
+            raise ConfigError("document masking (data.mask_cross_document / train.mode=sft) is not wired to the "
+                              "te backend yet; use model.attention_backend=sdpa for masked packing")
+        return None
+    causal = torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)
+    mask = causal.view(1, 1, seq_length, seq_length)
+    if doc_ids is not None:
+        other_doc = doc_ids[:, None, :, None] != doc_ids[:, None, None, :]  # [b, 1, s, s]
+        mask = mask | other_doc
+    return mask
