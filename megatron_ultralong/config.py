@@ -130,7 +130,7 @@ class DataConfig:
     tokenizer: Optional[str] = None
     """Tokenizer: a sentencepiece .model file, an HF tokenizer.json, or a directory holding one."""
     paths: List[str] = field(default_factory=list)
-    """Indexed-dataset prefixes (without .bin/.idx) or, for SFT, chat jsonl files."""
+    """CPT: a mixture manifest .json, preprocessed dirs or dataset prefixes; SFT: chat jsonl or SFT prefixes."""
     synthetic: Optional[str] = None
     """Use a generated task instead of files: 'copy' (learnable, for tests and the demo) or None."""
     separator_id: Optional[int] = None
@@ -146,9 +146,17 @@ class DataConfig:
     long_upsample: float = 3.0
     """Sampling weight of the > long_threshold bucket."""
     token_budget: Optional[int] = None
-    """Total tokens of the CPT mixture; None = one pass with the sampling weights."""
-    num_workers: int = 1
-    """Loader worker processes."""
+    """Total document tokens of the CPT mixture; None = one pass with the sampling weights."""
+    num_workers: int = 2
+    """torch DataLoader worker processes; 0 loads in the training process (synthetic data always does)."""
+    loader: str = "auto"
+    """Batch loader: 'auto' (DALI prefetching to the GPU when nvidia-dali imports, else torch), 'dali' or 'torch'."""
+    chat_template: str = "auto"
+    """SFT chat format: 'auto' (the tokenizer's template if it has one, else Llama-3), 'llama3' (built in) or 'hf'."""
+    eval_files: List[str] = field(default_factory=list)
+    """Eval sets (jsonl: every string field; txt: one item per line) that SFT jsonl is decontaminated against."""
+    decontamination_ngram: int = 13
+    """Word n-gram size of the decontamination: a sample sharing one n-gram with an eval item is dropped."""
 
 
 @dataclass
@@ -553,10 +561,10 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
         _check(d.seq_length % (2 * p.cp) == 0,
                f"parallel.cp={p.cp}: data.seq_length={d.seq_length} is not divisible by 2*cp={2 * p.cp} "
                f"(zigzag split); use a multiple of {2 * p.cp}")
-        if p.cp_comm_type in ("a2a", "a2a+p2p"):
+        if p.cp_comm_type == "a2a":  # a2a+p2p only needs its all-to-all level to divide (parallel.py checks it)
             _check(m.num_query_groups % p.cp == 0,
-                   f"parallel.cp_comm_type={p.cp_comm_type!r} needs parallel.cp={p.cp} to divide "
-                   f"model.num_query_groups={m.num_query_groups}; use cp_comm_type=p2p or a cp dividing it")
+                   f"parallel.cp_comm_type='a2a' needs parallel.cp={p.cp} to divide model.num_query_groups="
+                   f"{m.num_query_groups}; use cp_comm_type=p2p (or a2a+p2p) or a cp dividing it")
     if p.sequence_parallel:
         unit = p.tp * (2 * p.cp if p.cp > 1 else 1)
         _check(d.seq_length % unit == 0,
@@ -569,7 +577,13 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
                f"world size {world_size} is not divisible by tp·pp·cp = {p.tp}·{p.pp}·{p.cp} = {mp}; "
                f"launch a multiple of {mp} processes or change the layout")
     # data
-    _positive(d, ["seq_length", "short_threshold", "long_threshold", "num_workers"], "data")
+    _positive(d, ["seq_length", "short_threshold", "long_threshold", "decontamination_ngram"], "data")
+    _check(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0 (0 = load in the training process)")
+    _one_of(d.loader, ("auto", "dali", "torch"), "data.loader")
+    _one_of(d.chat_template, ("auto", "llama3", "hf"), "data.chat_template")
+    _check(d.separator_id is None or 0 <= d.separator_id < m.vocab_size,
+           f"data.separator_id={d.separator_id} is outside the vocabulary (0..{m.vocab_size - 1}); "
+           f"use an unused special token id, or unset it to take the tokenizer's separator")
     max_len = y.target_length if y.enabled else m.max_position_embeddings
     _check(d.seq_length <= max_len,
            f"data.seq_length={d.seq_length} exceeds the model's window {max_len} "

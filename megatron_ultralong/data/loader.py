@@ -1,0 +1,384 @@
+"""Batches for the trainer: a deterministic function of (seed, global sample index), split over data parallelism.
+
+    it = build_train_iterator(cfg, dp_rank, dp_size, consumed_samples=restored)
+    batch = next(it)   # tokens/labels/position_ids [b, s] int64, loss_mask [b, s] float32, doc_ids [b, s] int32
+
+Sample ``i`` is window ``i`` of the configured source (below), computed from (cfg.train.seed, i) alone — no
+state is carried between samples, so a resumed run (``consumed_samples`` = global samples already trained on)
+continues the exact sequence, under any parallel layout. The global sample stream is cut into blocks of
+``micro_batch_size · dp_size``; DP rank r takes samples ``[r·mbs, (r+1)·mbs)`` of every block, so each global
+batch (``global_batch_size`` consecutive samples) holds the same samples whatever dp_size is (Megatron's
+pretraining sampler does the same).
+
+Sources, by config:
+- ``data.synthetic=copy``: the copy task (``synthetic.copy_task_window``), vocab = model.vocab_size. CPT: copy
+  documents packed with separators, loss on every token. SFT: whole samples, loss on the copied half only.
+- ``train.mode=cpt``: ``data.paths`` = one mixture manifest (``.json``, from ``tools/preprocess_data.py mixture``),
+  or preprocessing output directories / dataset prefixes, whose mixture is then built here from the data.*
+  sampling settings (cheap: it reads only the ``.idx`` lengths). The mixture's documents are shuffled per epoch
+  (seed, epoch) and form one endless stream ``d SEP d SEP ...``; sample i is the window starting at token i·S.
+- ``train.mode=sft``: ``data.paths`` = chat jsonl files (tokenized here with data.tokenizer and
+  data.chat_template, decontaminated against data.eval_files) or SFT prefixes from ``preprocess_data.py chat``.
+  Samples are packed whole (seeded first-fit); the window order is reshuffled every epoch.
+
+Attention masking across documents/samples is on when ``data.mask_cross_document`` or ``train.mode == 'sft'``:
+then position ids restart per segment and labels in another segment carry no loss (``packing.window_to_sample``).
+
+Loader: on GPU with nvidia-dali importable (and ``data.loader`` auto/dali), a DALI pipeline whose external
+source computes the same samples, prefetching them onto the GPU (the batch tensors are then CUDA tensors);
+otherwise a torch DataLoader over the same samples (``data.num_workers`` processes, 0 = in-process; synthetic
+data is always in-process: it costs less than the inter-process copy).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from . import DataError
+from .packing import DocumentStream, fill_from_stream, fill_whole_samples, plan_whole_samples, window_to_sample
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
+Window = Tuple[np.ndarray, np.ndarray, np.ndarray]  # tokens, segment ids, target flags; each [S + 1]
+
+
+# ----------------------------------------------------------------------------------------- sources
+class CopyTaskSource:
+    """The synthetic copy task: window i is generated from (seed, i)."""
+
+    def __init__(self, vocab_size: int, seq_length: int, seed: int, sft: bool, separator_id: Optional[int]):
+        self.args = (vocab_size, seq_length, seed)
+        self.sft, self.separator_id = sft, separator_id
+
+    def window(self, index: int) -> Window:
+        from .synthetic import copy_task_window
+
+        vocab, seq, seed = self.args
+        return copy_task_window(vocab, seq, seed, index, self.sft, self.separator_id)
+
+    def describe(self) -> str:
+        return f"synthetic copy task ({'sft: loss on the copy' if self.sft else 'cpt: loss on every token'})"
+
+
+class MixtureStreamSource:
+    """CPT: the mixture's documents, reshuffled every epoch, as one endless separator-joined stream."""
+
+    def __init__(self, names: Sequence[str], prefixes: Sequence[str], draws: np.ndarray,
+                 lengths: Sequence[np.ndarray], seq_length: int, sep_id: int, seed: int):
+        self.names, self.prefixes = list(names), list(prefixes)
+        self.draws = np.asarray(draws, dtype=np.int64)
+        self.draw_lengths = np.zeros(len(self.draws), np.int64)  # length of the document behind each row
+        for s in range(len(self.prefixes)):
+            rows = self.draws[:, 0] == s
+            self.draw_lengths[rows] = np.asarray(lengths[s], np.int64)[self.draws[rows, 1]]
+        self.epoch_tokens = int((self.draw_lengths + 1).sum())
+        self.seq_length, self.sep_id, self.seed = seq_length, sep_id, seed
+        self._datasets = None  # opened lazily: once per process (DataLoader workers re-open the mmaps)
+        self._epochs: Dict[int, Tuple[np.ndarray, DocumentStream]] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_datasets"], state["_epochs"] = None, {}
+        return state
+
+    def _epoch(self, e: int) -> Tuple[np.ndarray, DocumentStream]:
+        if e not in self._epochs:
+            if len(self._epochs) >= 2:  # a window spans at most two epochs
+                self._epochs.pop(min(self._epochs))
+            perm = np.random.default_rng([self.seed, e, 0x435054]).permutation(len(self.draws))  # "CPT"
+            self._epochs[e] = (perm, DocumentStream(self.draw_lengths[perm]))
+        return self._epochs[e]
+
+    def _read(self, perm: np.ndarray, d: int, offset: int, n: int) -> np.ndarray:
+        if self._datasets is None:
+            from .preprocess import open_indexed_dataset
+
+            self._datasets = [open_indexed_dataset(p) for p in self.prefixes]
+        src, doc = self.draws[perm[d]]
+        return self._datasets[src].get(int(doc), offset=offset, length=n)
+
+    def window(self, index: int) -> Window:
+        n = self.seq_length + 1
+        tokens, seg = np.empty(n, np.int64), np.empty(n, np.int32)
+        at, next_seg, pos = 0, 0, index * self.seq_length
+        while at < n:  # a window may run past the end of an epoch into the next one
+            e, offset = divmod(pos + at, self.epoch_tokens)
+            perm, stream = self._epoch(e)
+            take = min(n - at, self.epoch_tokens - offset)
+            written, next_seg = fill_from_stream(stream, offset, take, lambda d, o, k: self._read(perm, d, o, k),
+                                                 self.sep_id, tokens, seg, at, next_seg)
+            at += written
+        return tokens, seg, np.ones(n, np.int8)
+
+    def describe(self) -> str:
+        return (f"CPT mixture of {len(self.prefixes)} sources ({', '.join(self.names)}), {len(self.draws):,} "
+                f"documents, {self.epoch_tokens:,} tokens per epoch (= {self.epoch_tokens // self.seq_length:,} "
+                f"windows), separator id {self.sep_id}")
+
+
+class PackedSamplesSource:
+    """SFT: samples packed whole into windows once (seeded); the window order is reshuffled every epoch."""
+
+    def __init__(self, lengths: Sequence[int], get: Callable[[int], Tuple[np.ndarray, np.ndarray]],
+                 seq_length: int, pad_id: int, seed: int):
+        self.width, self.pad_id, self.seed, self.get = seq_length + 1, pad_id, seed, get
+        self.bins, self.dropped = plan_whole_samples(lengths, self.width, seed=seed)
+        if not self.bins:
+            raise DataError(f"no SFT sample fits a window of {self.width} tokens; raise data.seq_length")
+        self.num_samples = len(lengths)
+        self._order: Tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def window(self, index: int) -> Window:
+        e, j = divmod(index, len(self.bins))
+        if self._order[0] != e:
+            self._order = (e, np.random.default_rng([self.seed, e, 0x534654]).permutation(len(self.bins)))  # "SFT"
+        return fill_whole_samples(self.bins[self._order[1][j]], self.get, self.width, self.pad_id)
+
+    def describe(self) -> str:
+        return (f"SFT: {self.num_samples - len(self.dropped):,} samples packed into {len(self.bins):,} windows"
+                + (f", {len(self.dropped)} longer than the window dropped" if self.dropped else ""))
+
+
+class _IndexedSamples:
+    """get(i) → (tokens, target) of an SFT indexed dataset, opened lazily per process."""
+
+    def __init__(self, prefixes: Sequence[str]):
+        from .preprocess import open_indexed_dataset
+
+        self.prefixes = list(prefixes)
+        self.index: List[Tuple[int, int]] = []
+        self.lengths: List[int] = []
+        for p, prefix in enumerate(self.prefixes):
+            ds = open_indexed_dataset(prefix)
+            docs = np.array(ds.document_indices)  # copies: the views die with ds's mmap
+            if len(docs) < 2 or not np.array_equal(docs, np.arange(0, len(docs) * 2 - 1, 2)):
+                raise DataError(f"{prefix}: not an SFT dataset (each sample must be two sequences, tokens and "
+                                f"targets); build it with tools/preprocess_data.py chat")
+            self.lengths += np.asarray(ds.sequence_lengths[0::2]).tolist()
+            self.index += [(p, i) for i in range(len(docs) - 1)]
+            del ds
+        self._datasets = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_datasets": None}
+
+    def __call__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        if self._datasets is None:
+            from .preprocess import open_indexed_dataset
+
+            self._datasets = [open_indexed_dataset(p) for p in self.prefixes]
+        p, k = self.index[i]
+        ds = self._datasets[p]
+        return np.array(ds[2 * k], np.int64), np.array(ds[2 * k + 1], np.int8)
+
+
+def _tokenizer(cfg: Config):
+    from .tokenizer import load_tokenizer
+
+    if not cfg.data.tokenizer:
+        return None
+    tok = load_tokenizer(cfg.data.tokenizer, cfg.data.separator_id)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise DataError(f"data.tokenizer {tok.path} has {tok.vocab_size} tokens but model.vocab_size="
+                        f"{cfg.model.vocab_size}; use the model's tokenizer or a larger (padded) vocabulary")
+    return tok
+
+
+def _cpt_source(cfg: Config):
+    from .mixture import MixtureParams, build_mixture, load_mixture, report_table, resolve_sources
+    from .preprocess import read_document_lengths
+
+    d = cfg.data
+    tok = _tokenizer(cfg)
+    if tok is not None:
+        sep = tok.sep_id  # honours data.separator_id, checked against the tokenizer's BOS/EOS/EOT/pad
+    elif d.separator_id is not None:
+        sep = d.separator_id
+    else:
+        raise ConfigError("train.mode=cpt packs documents with a separator token: set data.tokenizer (its "
+                          "dedicated separator is used) or data.separator_id")
+    if len(d.paths) == 1 and d.paths[0].endswith(".json"):
+        mix = load_mixture(d.paths[0])
+    else:
+        mix = build_mixture(resolve_sources(d.paths), MixtureParams.from_data_config(d, cfg.train.seed))
+        log.info("mixture built from %s:\n%s", d.paths, report_table(mix.report))
+    lengths = [read_document_lengths(p) for p in mix.prefixes]
+    for s, (name, x) in enumerate(zip(mix.names, lengths)):
+        rows = mix.draws[mix.draws[:, 0] == s, 1]
+        if len(rows) and rows.max() >= len(x):
+            raise DataError(f"mixture source {name!r} refers to document {int(rows.max())} but {mix.prefixes[s]} "
+                            f"has {len(x)}; the dataset changed after the mixture was built — rebuild the mixture")
+    return MixtureStreamSource(mix.names, mix.prefixes, mix.draws, lengths, d.seq_length, int(sep), cfg.train.seed)
+
+
+def _sft_source(cfg: Config):
+    from .sft import decontaminate, read_chat_jsonl, tokenize_samples
+
+    d = cfg.data
+    jsonl = [p for p in d.paths if p.endswith((".jsonl", ".json"))]
+    if jsonl and len(jsonl) != len(d.paths):
+        raise ConfigError(f"data.paths mixes chat jsonl files and SFT dataset prefixes ({d.paths}); use one kind")
+    tok = _tokenizer(cfg)
+    if jsonl:
+        if tok is None:
+            raise ConfigError("SFT from chat jsonl needs data.tokenizer (the chat template is applied here); or "
+                              "preprocess with tools/preprocess_data.py chat and give the prefix")
+        samples = read_chat_jsonl(jsonl)
+        if d.eval_files:
+            samples, report = decontaminate(samples, d.eval_files, d.decontamination_ngram)
+            log.info("decontamination: %d of %d samples removed (%d-gram overlap with %s)", report["samples_removed"],
+                     report["samples_checked"], d.decontamination_ngram, ", ".join(d.eval_files))
+        encoded, no_target = tokenize_samples(samples, tok, d.chat_template)
+        if not encoded:
+            raise DataError(f"no sample in {', '.join(jsonl)} has an assistant message; nothing to train on")
+        lengths, get = [len(t) for t, _ in encoded], encoded.__getitem__
+    else:
+        if d.eval_files:
+            raise ConfigError("data.eval_files applies to chat jsonl; preprocessed SFT prefixes were decontaminated "
+                              "by tools/preprocess_data.py chat --eval-files (see its .decontam.json)")
+        get = _IndexedSamples(d.paths)
+        lengths = get.lengths
+    pad = next((t for t in ((tok.pad_id, tok.eos_id) if tok else ()) if t is not None), 0)
+    return PackedSamplesSource(lengths, get, d.seq_length, pad, cfg.train.seed)
+
+
+def build_source(cfg: Config):
+    """The window source the config asks for (see the module docstring)."""
+    d = cfg.data
+    if d.synthetic == "copy":
+        return CopyTaskSource(cfg.model.vocab_size, d.seq_length, cfg.train.seed, cfg.train.mode == "sft",
+                              d.separator_id)
+    if d.synthetic is not None:
+        raise ConfigError(f"data.synthetic={d.synthetic!r}: only 'copy' exists")
+    if not d.paths:
+        raise ConfigError("data.paths is empty and data.synthetic is unset: give data.paths=[...] or "
+                          "data.synthetic=copy")
+    return _sft_source(cfg) if cfg.train.mode == "sft" else _cpt_source(cfg)
+
+
+# ------------------------------------------------------------------------------------ sampling order
+def masking_on(cfg: Config) -> bool:
+    """Whether attention is masked across packed documents/samples."""
+    return bool(cfg.data.mask_cross_document or cfg.train.mode == "sft")
+
+
+class RankBatchSampler:
+    """Global sample indices of this DP rank's micro-batches, endless, starting after ``consumed_samples``."""
+
+    def __init__(self, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        if not 0 <= dp_rank < dp_size:
+            raise ConfigError(f"data-parallel rank {dp_rank} is outside 0..{dp_size - 1}")
+        if consumed_samples < 0:
+            raise ConfigError(f"consumed_samples={consumed_samples}: must be >= 0")
+        self.consumed, self.mbs, self.rank, self.size = consumed_samples, micro_batch_size, dp_rank, dp_size
+
+    def batch(self, k: int) -> List[int]:
+        """Indices of this rank's k-th micro-batch from the start position."""
+        base = self.consumed + k * self.mbs * self.size + self.rank * self.mbs
+        return list(range(base, base + self.mbs))
+
+    def __iter__(self):
+        k = 0
+        while True:
+            yield self.batch(k)
+            k += 1
+
+
+class SampleDataset:
+    """Map-style dataset: global sample index → the trainer's per-sample numpy arrays."""
+
+    def __init__(self, source, masking: bool):
+        self.source, self.masking = source, masking
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        return window_to_sample(*self.source.window(int(index)), masking=self.masking)
+
+
+def collate(rows: Sequence[Dict[str, np.ndarray]]) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+    """Stack per-sample arrays into [b, s] CPU tensors."""
+    import torch
+
+    return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in BATCH_KEYS}
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def _torch_iterator(dataset: SampleDataset, sampler: RankBatchSampler, num_workers: int) -> Iterator[dict]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=torch.cuda.is_available(), prefetch_factor=4 if num_workers else None,
+                        persistent_workers=num_workers > 0)
+    return iter(loader)
+
+
+class DaliBatchSource:
+    """DALI external source (batch mode): iteration k → this rank's k-th micro-batch, as per-key lists."""
+
+    def __init__(self, dataset: SampleDataset, sampler: RankBatchSampler):
+        self.dataset, self.sampler = dataset, sampler
+
+    def __call__(self, batch_info) -> Tuple[List[np.ndarray], ...]:
+        rows = [self.dataset[i] for i in self.sampler.batch(batch_info.iteration)]
+        return tuple([r[k] for r in rows] for k in BATCH_KEYS)
+
+
+def dali_available() -> bool:
+    """nvidia-dali importable and a CUDA device present."""
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _dali_iterator(dataset: SampleDataset, sampler: RankBatchSampler, threads: int,
+                   device_id: Optional[int]) -> Iterator[dict]:
+    """DALI pipeline over the same micro-batches; ``device_id`` None builds a CPU-only pipeline (tests)."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    @pipeline_def(batch_size=sampler.mbs, num_threads=max(1, threads), device_id=device_id, prefetch_queue_depth=2)
+    def pipeline():
+        outs = fn.external_source(source=DaliBatchSource(dataset, sampler), num_outputs=len(BATCH_KEYS),
+                                  batch=True, batch_info=True)
+        # on GPU the copy to the device overlaps the training step (prefetch_queue_depth batches ahead)
+        return tuple(o.gpu() for o in outs) if device_id is not None else tuple(outs)
+
+    pipe = pipeline()
+    pipe.build()
+    for out in DALIGenericIterator([pipe], list(BATCH_KEYS)):
+        yield out[0]
+
+
+def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_samples: int = 0) -> Iterator[dict]:
+    """Infinite iterator of micro-batches for this data-parallel rank. Each batch is a dict of tensors
+    (CPU; CUDA when the DALI loader is used): tokens [b, s] int64, labels [b, s] int64 (next token), loss_mask
+    [b, s] float32 (1 = counts), position_ids [b, s] int64, doc_ids [b, s] int32 (segment index of the packed
+    document/sample each token belongs to; position_ids restart at 0 per segment exactly when masking is on,
+    else 0..s-1). b = cfg.train.micro_batch_size, s = cfg.data.seq_length. Sample order is a function of
+    (cfg.train.seed, global sample index); rank r of dp_size takes its share of each block of
+    micro_batch_size·dp_size samples, so DP=N sees the same global batches as DP=1. ``consumed_samples`` =
+    global samples already consumed (resume)."""
+    source = build_source(cfg)
+    dataset = SampleDataset(source, masking_on(cfg))
+    sampler = RankBatchSampler(consumed_samples, cfg.train.micro_batch_size, dp_rank, dp_size)
+    if dp_rank == 0:
+        log.info("data: %s; masking across documents %s; starting at sample %d", source.describe(),
+                 "on" if dataset.masking else "off", consumed_samples)
+    use_dali = cfg.data.loader == "dali" or (cfg.data.loader == "auto" and cfg.data.synthetic is None
+                                             and dali_available())
+    if use_dali:
+        if not dali_available():
+            raise ConfigError("data.loader=dali needs nvidia-dali and a CUDA GPU; install nvidia-dali-cuda120 or "
+                              "use data.loader=torch")
+        import torch
+
+        return _dali_iterator(dataset, sampler, cfg.data.num_workers, torch.cuda.current_device())
+    workers = 0 if cfg.data.synthetic else cfg.data.num_workers
+    return _torch_iterator(dataset, sampler, workers)

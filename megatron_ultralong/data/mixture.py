@@ -1,0 +1,327 @@
+"""The CPT mixture: per-source, length-based document sampling under a token budget, domain balance kept.
+
+    python tools/preprocess_data.py mixture --inputs data/idx --output data/cpt_mix.json --token-budget 1e9
+
+    mix = build_mixture(resolve_sources(["data/idx"]), MixtureParams(token_budget=10**9, seed=1234))
+    write_mixture(mix, "data/cpt_mix.json")     # + cpt_mix.draws.npy, cpt_mix.report.json, cpt_mix.png
+    print(report_table(mix.report))
+
+The recipe (UltraLong, Xu et al. 2025): within each source, documents shorter than ``short_threshold`` tokens get
+sampling weight ``short_keep_ratio`` (< 1: down-sampled), documents longer than ``long_threshold`` get
+``long_upsample`` (> 1: repeated), the rest weight 1. Each source keeps its share of the corpus's tokens ("domain
+balance"): source s gets ``budget · T_s / T`` tokens, so its weights are scaled by one factor
+``scale_s = budget_s / Σ_d w_d·len_d``; the expected number of copies of document d is ``scale_s · w_d``.
+``token_budget`` None means budget = Σ_s Σ_d w_d·len_d (one pass with the weights). The budget counts document
+tokens; packing adds one separator per document on top.
+
+Copies are realised deterministically from the seed: ``floor(rate)`` copies of every document of a (source,
+length bucket) group, plus one more for a subset chosen in seeded random order by error diffusion on token
+counts, so each group's tokens match ``rate × tokens`` to within half a document (the token ratios are exact to
+well under 1 % on real corpora, not just in expectation).
+
+A mixture on disk is ``<name>.json`` (sources, parameters, report) + ``<name>.draws.npy`` (int64 [M, 2]: source
+index, document index — one row per copy, grouped; the loader shuffles them per epoch).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import DataError, atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "megatron-ultralong-mixture"
+BUCKETS = ("short", "mid", "long")
+PLOT_EDGES = [0] + [1 << k for k in range(6, 24)]
+"""Length-histogram bucket lower bounds (tokens) of the report and its PNG: [0, 64), [64, 128), ..., [8M, inf)."""
+
+
+@dataclass
+class MixtureParams:
+    """Sampling parameters (the data section of a recipe holds the same names)."""
+
+    short_threshold: int = 4096
+    """Documents shorter than this (tokens) get short_keep_ratio."""
+    long_threshold: int = 8192
+    """Documents longer than this (tokens) get long_upsample."""
+    short_keep_ratio: float = 0.3
+    """Sampling weight of short documents."""
+    long_upsample: float = 3.0
+    """Sampling weight of long documents."""
+    token_budget: Optional[int] = None
+    """Total document tokens of the mixture; None = one pass with the weights."""
+    seed: int = 1234
+    """Seed of the choice of which documents get a fractional extra copy."""
+
+    @classmethod
+    def from_data_config(cls, data, seed: int) -> "MixtureParams":
+        """From a recipe's DataConfig and the train seed."""
+        return cls(data.short_threshold, data.long_threshold, data.short_keep_ratio, data.long_upsample,
+                   data.token_budget, seed)
+
+    def check(self) -> None:
+        """DataError on impossible values."""
+        if not 0 < self.short_threshold <= self.long_threshold:
+            raise DataError(f"short_threshold={self.short_threshold}, long_threshold={self.long_threshold}: need "
+                            f"0 < short <= long")
+        if not 0 < self.short_keep_ratio <= 1 or self.long_upsample < 1:
+            raise DataError(f"short_keep_ratio={self.short_keep_ratio} must be in (0, 1] and long_upsample="
+                            f"{self.long_upsample} >= 1")
+        if self.token_budget is not None and self.token_budget <= 0:
+            raise DataError(f"token_budget={self.token_budget}: must be > 0 or unset")
+
+    def weights(self) -> np.ndarray:
+        """Sampling weight per bucket (short, mid, long)."""
+        return np.array([self.short_keep_ratio, 1.0, self.long_upsample])
+
+
+@dataclass
+class Mixture:
+    """A built mixture: which documents of which source, how many times."""
+
+    names: List[str]
+    """Source names."""
+    prefixes: List[str]
+    """Indexed-dataset prefix of each source."""
+    draws: np.ndarray
+    """int64 [M, 2]: (source index, document index), one row per copy."""
+    params: MixtureParams
+    """The sampling parameters it was built with."""
+    report: Dict[str, object] = field(default_factory=dict)
+    """Tokens/docs per source and bucket before and after sampling (see ``report_table``)."""
+
+
+def resolve_sources(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """(name, prefix) per source: a preprocessing output directory contributes all its sources, a dataset prefix
+    (``dir/web`` for ``dir/web.bin``/``.idx``) is one source named after its file."""
+    from .preprocess import source_prefixes
+
+    out: List[Tuple[str, str]] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(source_prefixes(p).items())
+        elif os.path.isfile(p + ".idx") or os.path.isfile(p + ".bin"):
+            out.append((os.path.basename(p), p))
+        else:
+            raise DataError(f"data path {p!r} is neither a preprocessing output directory nor a dataset prefix "
+                            f"(no {p}.idx); give prefixes without .bin/.idx or run tools/preprocess_data.py")
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise DataError(f"source names repeat across data paths ({', '.join(sorted(names))}); each source once")
+    if not out:
+        raise DataError("no data sources given")
+    return out
+
+
+def length_buckets(lengths: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """0 = short (< short_threshold), 1 = mid, 2 = long (> long_threshold), per document."""
+    return (lengths >= params.short_threshold).astype(np.int64) + (lengths > params.long_threshold)
+
+
+def _diffuse(lengths: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of documents taking one extra copy so that their tokens ≈ frac × total tokens: visit documents in
+    random order and take one whenever the taken tokens fall behind the target (error diffusion)."""
+    if frac <= 0 or len(lengths) == 0:
+        return np.zeros(0, np.int64)
+    order = rng.permutation(len(lengths))
+    taken, seen, chosen = 0.0, 0.0, []
+    for i in order:
+        n = float(lengths[i])
+        seen += n
+        if taken + n / 2 <= frac * seen:
+            chosen.append(i)
+            taken += n
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _histogram(lengths: np.ndarray, counts: Optional[np.ndarray] = None) -> List[int]:
+    """Tokens per PLOT_EDGES bucket (each document weighted by its copies)."""
+    idx = np.searchsorted(np.asarray(PLOT_EDGES), lengths, side="right") - 1
+    w = lengths * (1 if counts is None else counts)
+    return np.bincount(idx, weights=w, minlength=len(PLOT_EDGES)).astype(np.int64).tolist()
+
+
+def build_mixture(sources: Sequence[Tuple[str, str]], params: MixtureParams,
+                  lengths: Optional[Sequence[np.ndarray]] = None) -> Mixture:
+    """Sample documents of each (name, prefix) source per the module docstring. ``lengths`` (document lengths
+    per source) skips reading the ``.idx`` files — for tests and callers that have them already."""
+    params.check()
+    if lengths is None:
+        from .preprocess import read_document_lengths
+
+        lengths = [read_document_lengths(prefix) for _, prefix in sources]
+    lengths = [np.asarray(x, dtype=np.int64) for x in lengths]
+    totals = np.array([int(x.sum()) for x in lengths], dtype=np.float64)
+    if totals.sum() <= 0:
+        raise DataError(f"the sources {[n for n, _ in sources]} hold no tokens")
+    weights = params.weights()
+    weighted = np.array([float((weights[length_buckets(x, params)] * x).sum()) for x in lengths])
+    budget = float(params.token_budget) if params.token_budget else float(weighted.sum())
+    draws, report_sources = [], {}
+    for s, ((name, prefix), x) in enumerate(zip(sources, lengths)):
+        scale = budget * totals[s] / totals.sum() / weighted[s] if weighted[s] > 0 else 0.0
+        bucket = length_buckets(x, params)
+        counts = np.zeros(len(x), np.int64)
+        buckets = {}
+        for b, bname in enumerate(BUCKETS):
+            members = np.flatnonzero(bucket == b)
+            rate = scale * weights[b]
+            base = int(np.floor(rate))
+            counts[members] = base
+            rng = np.random.default_rng([params.seed, s, b])
+            counts[members[_diffuse(x[members], rate - base, rng)]] += 1
+            before, after = int(x[members].sum()), int((x[members] * counts[members]).sum())
+            buckets[bname] = {"docs_before": int(len(members)), "tokens_before": before,
+                              "docs_after": int(counts[members].sum()), "tokens_after": after,
+                              "weight": float(weights[b]), "ratio": after / before if before else None,
+                              "effective_weight": after / before / scale if before and scale else None}
+        draws.append(np.stack([np.full(int(counts.sum()), s), np.repeat(np.arange(len(x)), counts)], axis=1))
+        report_sources[name] = {"prefix": prefix, "scale": scale, "buckets": buckets,
+                                "tokens_before": int(totals[s]), "tokens_after": int((x * counts).sum()),
+                                "histogram_before": _histogram(x), "histogram_after": _histogram(x, counts)}
+    after_total = sum(v["tokens_after"] for v in report_sources.values())
+    for name, v in report_sources.items():
+        v["share_before"] = v["tokens_before"] / totals.sum()
+        v["share_after"] = v["tokens_after"] / after_total if after_total else 0.0
+    report = {"params": asdict(params), "budget": budget, "histogram_edges": PLOT_EDGES,
+              "tokens_before": int(totals.sum()), "tokens_after": int(after_total), "sources": report_sources}
+    all_draws = np.concatenate(draws) if draws else np.zeros((0, 2), np.int64)
+    if len(all_draws) == 0:
+        raise DataError("the mixture is empty (token_budget too small for these sources?); raise the budget")
+    return Mixture([n for n, _ in sources], [p for _, p in sources], all_draws.astype(np.int64), params, report)
+
+
+def report_table(report: Dict[str, object]) -> str:
+    """The report as a fixed-width table: tokens and docs per source and length bucket, before → after."""
+    p = report["params"]
+    labels = {"short": f"<{p['short_threshold']}", "mid": f"{p['short_threshold']}-{p['long_threshold']}",
+              "long": f">{p['long_threshold']}"}
+    head = (f"{'source':<14}{'bucket':<13}{'docs':>10}{'tokens':>15}{'docs after':>12}{'tokens after':>15}"
+            f"{'ratio':>8}{'weight':>8}")
+    lines = [head, "-" * len(head)]
+    for name, v in report["sources"].items():
+        for b in BUCKETS:
+            st = v["buckets"][b]
+            ratio = f"{st['ratio']:.3f}" if st["ratio"] is not None else "-"
+            eff = f"{st['effective_weight']:.3f}" if st["effective_weight"] is not None else "-"
+            lines.append(f"{name:<14}{labels[b]:<13}{st['docs_before']:>10,}{st['tokens_before']:>15,}"
+                         f"{st['docs_after']:>12,}{st['tokens_after']:>15,}{ratio:>8}{eff:>8}")
+        lines.append(f"{name:<14}{'share':<13}{'':>10}{v['share_before']:>15.2%}{'':>12}{v['share_after']:>15.2%}")
+    lines.append(f"{'total':<14}{'':<13}{'':>10}{report['tokens_before']:>15,}{'':>12}{report['tokens_after']:>15,}")
+    lines.append("ratio = tokens after / before; weight = ratio / the source's scale (the configured bucket weight)")
+    return "\n".join(lines)
+
+
+def plot_report(report: Dict[str, object], path: str | os.PathLike) -> str:
+    """PNG: per source, tokens per document-length bucket before and after sampling (log-scaled x buckets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = list(report["sources"].items())
+    fig, axes = plt.subplots(len(sources), 1, figsize=(9, 2.6 * len(sources)), squeeze=False)
+    edges = report["histogram_edges"]
+    used = [i for i in range(len(edges))
+            if any(v["histogram_before"][i] or v["histogram_after"][i] for _, v in sources)]
+    lo, hi = (min(used), max(used)) if used else (0, len(edges) - 1)
+    labels = [_short(edges[i]) for i in range(lo, hi + 1)]
+    xs = np.arange(len(labels))
+    p = report["params"]
+    for ax, (name, v) in zip(axes[:, 0], sources):
+        ax.bar(xs - 0.2, v["histogram_before"][lo: hi + 1], width=0.4, label="before")
+        ax.bar(xs + 0.2, v["histogram_after"][lo: hi + 1], width=0.4, label="after")
+        for thr, style in ((p["short_threshold"], "--"), (p["long_threshold"], ":")):
+            # drawn left of the first bucket starting at or above the threshold
+            ax.axvline(np.searchsorted(edges[lo: hi + 1], thr) - 0.5, color="gray", ls=style, lw=1)
+        ax.set_title(f"{name}: share {v['share_before']:.1%} → {v['share_after']:.1%}", fontsize=9)
+        ax.set_ylabel("tokens")
+        ax.set_xticks(xs, labels, fontsize=7)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("document length bucket (tokens, lower bound); dashed/dotted = short/long threshold")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
+def _short(n: int) -> str:
+    for unit, div in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= div:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+def _sidecars(path: Path) -> Tuple[Path, Path, Path]:
+    stem = path.with_suffix("")
+    return stem.with_suffix(".draws.npy"), stem.with_suffix(".report.json"), stem.with_suffix(".png")
+
+
+def write_mixture(mixture: Mixture, path: str | os.PathLike, plot: bool = True) -> Dict[str, str]:
+    """Write the manifest ``path`` (.json), its draws (.draws.npy), the report (.report.json) and, with ``plot``,
+    the histogram (.png). The manifest is written last: its presence means the mixture is complete."""
+    path = Path(path)
+    if path.suffix != ".json":
+        raise DataError(f"mixture output {path}: use a .json file name (sidecars take the same stem)")
+    draws_path, report_path, png_path = _sidecars(path)
+    with atomic_path(draws_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, mixture.draws)
+    with atomic_path(report_path) as tmp:
+        Path(tmp).write_text(json.dumps(mixture.report, indent=1))
+    if plot:
+        plot_report(mixture.report, png_path)
+    base = path.parent.resolve()
+
+    def rel(prefix: str) -> str:  # relative to the manifest when below it: the folder can move as a whole
+        p = Path(prefix).resolve()
+        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+
+    manifest = {"format": FORMAT, "version": 1, "params": asdict(mixture.params),
+                "sources": [{"name": n, "prefix": rel(p), "tokens_after": mixture.report["sources"][n]["tokens_after"]}
+                            for n, p in zip(mixture.names, mixture.prefixes)],
+                "draws": draws_path.name, "num_draws": int(len(mixture.draws)),
+                "tokens": int(mixture.report["tokens_after"]), "report": report_path.name}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=1))
+    out = {"manifest": str(path), "draws": str(draws_path), "report": str(report_path)}
+    if plot:
+        out["png"] = str(png_path)
+    return out
+
+
+def load_mixture(path: str | os.PathLike) -> Mixture:
+    """Read a manifest written by ``write_mixture`` (DataError if it is not one, or its draws are missing)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"mixture manifest {path} not found; build it with tools/preprocess_data.py mixture") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: corrupt mixture manifest ({e.msg}); rebuild it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a mixture manifest (format {FORMAT!r}); build one with "
+                        f"tools/preprocess_data.py mixture")
+    base = path.parent
+    draws_path = base / manifest["draws"]
+    try:
+        draws = np.load(draws_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{draws_path}: unreadable mixture draws ({e}); rebuild the mixture") from None
+    if draws.ndim != 2 or draws.shape[1] != 2 or len(draws) != manifest["num_draws"]:
+        raise DataError(f"{draws_path}: draws do not match the manifest ({draws.shape} vs {manifest['num_draws']} "
+                        f"rows); rebuild the mixture")
+    prefixes = [str(base / s["prefix"]) if not os.path.isabs(s["prefix"]) else s["prefix"]
+                for s in manifest["sources"]]
+    report = {}
+    if (base / manifest.get("report", "")).is_file():
+        report = json.loads((base / manifest["report"]).read_text())
+    return Mixture([s["name"] for s in manifest["sources"]], prefixes, draws.astype(np.int64),
+                   MixtureParams(**manifest["params"]), report)
