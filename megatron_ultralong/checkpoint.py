@@ -1,0 +1,389 @@
+"""Distributed checkpoints: Megatron ``dist_checkpointing`` underneath, atomic publish, resume, resharding.
+
+    path = save_checkpoint(ckpt_dir, step, model_chunks, cfg, optimizer, scheduler, extra={...})  # all ranks
+    meta = load_checkpoint(ckpt_dir, model_chunks, optimizer, scheduler)   # follows <ckpt_dir>/latest
+    meta = read_meta(ckpt_dir)                                             # no process group needed
+
+Layout on disk::
+
+    <ckpt_dir>/latest                 text file: "iter_0000020" (rewritten atomically after each publish)
+    <ckpt_dir>/iter_0000020/          dist_checkpointing (torch_dist) files + meta.json
+    <ckpt_dir>/.iter_0000030.tmp/     a save in progress (or killed mid-way): never read, removed by the next save
+
+A save writes everything (tensors, then ``meta.json``) into the hidden temp directory, and only then renames it
+to ``iter_*`` and rewrites ``latest`` (temp file + ``os.replace``). Both renames are atomic on a POSIX
+filesystem, so a kill at any moment leaves ``latest`` pointing at a complete checkpoint.
+
+What is stored: the model (``sharded_state_dict``: every tensor with its global shape and this rank's slice, so a
+load into another TP/PP layout reads the slices it needs), the optimizer (Megatron's sharded optimizer state,
+reshardable the same way), per-rank RNG states (torch, CUDA, Megatron's tracker), and in ``meta.json``: the
+format tag, step, resolved config, parallel layout, optimizer kind, LR schedule settings and ``extra`` (the
+trainer puts the data position there). ``meta.json`` is plain JSON: nothing here unpickles untrusted data;
+dist_checkpointing's own reads go through ``torch.load`` with its ``weights_only=True`` default.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from .config import Config, data_parallel_size, to_dict
+
+# torch / megatron are imported inside the functions that need them: read_meta() and friends stay cheap
+# (the CLI checks checkpoint.init_from before paying for those imports).
+
+FORMAT = "megatron-ultralong/1"
+META_FILE = "meta.json"
+LATEST_FILE = "latest"
+ITER_PREFIX = "iter_"
+# Test-only hook: "<step>:<seconds>" makes rank 0 sleep after the checkpoint of <step> is fully written into its
+# temp directory and before it is published, so a test can SIGKILL the process mid-save deterministically.
+TEST_PAUSE_ENV = "MEGATRON_ULTRALONG_TEST_PAUSE_BEFORE_PUBLISH"
+# DistributedOptimizer state in a model-space layout that loads into any TP/PP/DP layout.
+_DIST_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
+                        "distrib_optim_fully_reshardable_mem_efficient": True}
+# Fields of the model config that decide parameter shapes / names: they must agree between checkpoint and model.
+_ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "kv_channels", "vocab_size", "qkv_bias", "tie_word_embeddings")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, corrupt, other architecture). One-line message."""
+
+
+def iter_dir_name(step: int) -> str:
+    """'iter_0000020' for step 20."""
+    return f"{ITER_PREFIX}{step:07d}"
+
+
+def _is_iter_name(name: str) -> bool:
+    return name.startswith(ITER_PREFIX) and name[len(ITER_PREFIX):].isdigit()
+
+
+# --------------------------------------------------------------------------------------------- reading
+def resolve_checkpoint_path(path: str) -> str:
+    """The iter directory ``path`` denotes: itself if it holds meta.json, else the one its ``latest`` names."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if os.path.isfile(os.path.join(path, META_FILE)):
+        return path
+    latest = os.path.join(path, LATEST_FILE)
+    if not os.path.isfile(latest):
+        raise CheckpointError(f"{path}: not a checkpoint (no '{LATEST_FILE}' file and no {META_FILE}); point at "
+                              f"a checkpoint directory or one of its {ITER_PREFIX}* folders")
+    with open(latest) as f:
+        name = f.read().strip()
+    target = os.path.join(path, name)
+    if not _is_iter_name(name) or not os.path.isfile(os.path.join(target, META_FILE)):
+        raise CheckpointError(f"{latest} names {name!r}, which is not a complete checkpoint; rewrite it with the "
+                              f"name of an existing {ITER_PREFIX}* folder")
+    return target
+
+
+def find_latest(ckpt_dir: str) -> Optional[str]:
+    """The published checkpoint ``<ckpt_dir>/latest`` points to, or None when there is none yet."""
+    if not os.path.isfile(os.path.join(ckpt_dir, LATEST_FILE)):
+        return None
+    return resolve_checkpoint_path(ckpt_dir)
+
+
+def read_meta(path: str) -> Dict[str, Any]:
+    """meta.json of a checkpoint (a ckpt_dir following 'latest', or an iter dir). No process group needed."""
+    iter_dir = resolve_checkpoint_path(path)
+    meta_path = os.path.join(iter_dir, META_FILE)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({e.__class__.__name__}: {e}); the checkpoint is "
+                              f"corrupt, use an earlier {ITER_PREFIX}* folder") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
+                              f"is not {FORMAT!r}; convert the checkpoint with tools/convert_from_hf.py")
+    meta["path"] = iter_dir
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ model views
+def _unwrap(chunk):
+    from megatron.core.utils import unwrap_model
+
+    return unwrap_model(chunk)
+
+
+def _model_sharded_state_dict(model_chunks: List["torch.nn.Module"]) -> Dict[str, Any]:
+    if len(model_chunks) != 1:
+        raise NotImplementedError("virtual pipeline stages (several model chunks per rank) are not supported")
+    return {"model": _unwrap(model_chunks[0]).sharded_state_dict()}
+
+
+def _arch_of_model(model_chunks) -> Dict[str, Any]:
+    """The shape-deciding fields, read from the live model (so load_checkpoint needs no Config)."""
+    m = _unwrap(model_chunks[0])
+    c = m.config
+    return {"num_layers": c.num_layers, "hidden_size": c.hidden_size, "ffn_hidden_size": c.ffn_hidden_size,
+            "num_attention_heads": c.num_attention_heads, "num_query_groups": c.num_query_groups,
+            "kv_channels": c.kv_channels, "vocab_size": m.vocab_size, "qkv_bias": bool(c.add_qkv_bias),
+            "tie_word_embeddings": bool(m.share_embeddings_and_output_weights)}
+
+
+def _arch_of_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    from .config import config_from_dict, head_dim
+
+    model = config_from_dict({"model": meta["config"]["model"]}).model
+    return {f: (head_dim(model) if f == "kv_channels" else getattr(model, f)) for f in _ARCH_FIELDS}
+
+
+def check_same_architecture(meta: Dict[str, Any], model_chunks) -> None:
+    """Raise CheckpointError naming every shape field where the checkpoint and the model differ."""
+    saved, now = _arch_of_meta(meta), _arch_of_model(model_chunks)
+    diff = [f"{k} {saved[k]} vs {now[k]}" for k in _ARCH_FIELDS if saved[k] != now[k]]
+    if diff:
+        raise CheckpointError(f"{meta['path']}: checkpoint of another architecture (checkpoint vs model: "
+                              f"{', '.join(diff)}); use a checkpoint of this model or fix the model.* settings")
+
+
+def _layout() -> Dict[str, int]:
+    import torch
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "cp": ps.get_context_parallel_world_size(), "dp": ps.get_data_parallel_world_size(),
+            "world_size": torch.distributed.get_world_size()}
+
+
+def _optimizer_kind(optimizer) -> str:
+    return "distributed" if getattr(optimizer.config, "use_distributed_optimizer", False) else "local"
+
+
+def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool):
+    metadata = _DIST_OPTIM_METADATA if _optimizer_kind(optimizer) == "distributed" else {}
+    return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+def _rng_sharded_object():
+    """This rank's RNG states as a ShardedObject keyed by (pp, tp, cp) rank; DP replicas hold equal states."""
+    import torch
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+             ps.get_context_parallel_world_size())
+    offset = (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+              ps.get_context_parallel_rank())
+    return ShardedObject("rng_state", state, shape, offset, replica_id=ps.get_data_parallel_rank())
+
+
+def _restore_rng(state: Dict[str, Any]) -> None:
+    import torch
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+# ----------------------------------------------------------------------------------------- filesystem
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _remove_dir(path: str) -> None:
+    """Delete a directory so that no half-deleted copy is ever visible under its name (rename, then delete)."""
+    trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.trash")
+    if os.path.exists(trash):
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def _clean_stale(ckpt_dir: str) -> None:
+    """Remove leftovers of saves or deletions that were killed half-way (hidden .*.tmp / .*.trash folders)."""
+    for name in os.listdir(ckpt_dir):
+        if name.startswith(f".{ITER_PREFIX}") and (name.endswith(".tmp") or name.endswith(".trash")):
+            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+
+
+def list_checkpoints(ckpt_dir: str) -> List[int]:
+    """Steps of the published iter_* folders, ascending."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(int(n[len(ITER_PREFIX):]) for n in os.listdir(ckpt_dir)
+                  if _is_iter_name(n) and os.path.isfile(os.path.join(ckpt_dir, n, META_FILE)))
+
+
+def prune_checkpoints(ckpt_dir: str, keep_last: int) -> List[int]:
+    """Delete all but the newest ``keep_last`` checkpoints (never the one 'latest' names); returns deleted steps."""
+    latest = find_latest(ckpt_dir)
+    keep_latest = os.path.basename(latest) if latest else None
+    steps = list_checkpoints(ckpt_dir)
+    deleted = []
+    for step in steps[:-keep_last] if keep_last > 0 else steps:
+        if iter_dir_name(step) != keep_latest:
+            _remove_dir(os.path.join(ckpt_dir, iter_dir_name(step)))
+            deleted.append(step)
+    return deleted
+
+
+def _test_pause(step: int) -> None:
+    raw = os.environ.get(TEST_PAUSE_ENV)
+    if not raw:
+        return
+    at, _, seconds = raw.partition(":")
+    if int(at) == step:
+        print(f"[checkpoint] test hook: pausing {seconds}s before publishing step {step}", file=sys.stderr,
+              flush=True)
+        time.sleep(float(seconds))
+
+
+# ------------------------------------------------------------------------------------------- save/load
+def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Module"], cfg: Config, optimizer=None,
+                    scheduler=None, extra: Optional[Dict[str, Any]] = None) -> str:
+    """Save on all ranks and publish ``<ckpt_dir>/iter_{step:07d}`` atomically; returns its path.
+
+    ``optimizer``: a Megatron optimizer (its sharded state is saved) or None (weights only, e.g. a converted
+    model). ``scheduler``: anything with a JSON-serialisable ``state_dict()``. ``extra``: JSON-serialisable
+    dict stored in meta.json (the trainer stores the data position there). Keeps ``checkpoint.keep_last``.
+    """
+    import torch
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    from . import cpu_shims
+
+    rank0 = dist.get_rank() == 0
+    # meta.json is rendered on every rank before any file is written: an unserialisable `extra` fails everywhere
+    meta_json = json.dumps({
+        "format": FORMAT, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "layout": _layout(),
+        "optimizer": _optimizer_kind(optimizer) if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {},
+        "config": to_dict(cfg), "versions": {"torch": torch.__version__, "megatron_core": _megatron_version()},
+    }, indent=1)
+    ckpt_dir = os.fspath(ckpt_dir)
+    final = os.path.join(ckpt_dir, iter_dir_name(step))
+    tmp = os.path.join(ckpt_dir, f".{iter_dir_name(step)}.tmp")
+    if rank0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        _clean_stale(ckpt_dir)
+        os.makedirs(tmp)
+    dist.barrier()
+
+    sharded = _model_sharded_state_dict(model_chunks)
+    if optimizer is not None:
+        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=False)
+    sharded["rng_state"] = _rng_sharded_object()
+    with cpu_shims.cuda_to_cpu():
+        dist_checkpointing.save(sharded, tmp, sharded_strategy=("torch_dist", 1))
+    dist.barrier()  # every rank's files are written
+
+    if rank0:
+        _write_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
+        _test_pause(step)
+        if os.path.exists(final):  # a published-but-never-'latest' copy from a run killed between the renames
+            _remove_dir(final)
+        os.rename(tmp, final)
+        _fsync_dir(ckpt_dir)
+        _write_atomic(os.path.join(ckpt_dir, LATEST_FILE), iter_dir_name(step) + "\n")
+        prune_checkpoints(ckpt_dir, cfg.checkpoint.keep_last)
+    dist.barrier()  # nobody returns (and maybe exits) before the checkpoint is published
+    return final
+
+
+def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=None, scheduler=None) -> dict:
+    """Load a checkpoint into this rank's model (any TP/PP/CP layout: dist_checkpointing reshards); returns meta.
+
+    ``path``: a checkpoint directory (follows 'latest') or an iter directory. With an ``optimizer`` this is a
+    resume: the optimizer state is loaded (resharded too) and, when the TP/PP/CP layout is unchanged, every
+    rank's RNG states. Without one, only the weights are loaded (initialisation from a converted model or an
+    earlier stage). Raises CheckpointError (one line) for a missing, corrupt or other-architecture checkpoint.
+    """
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from . import cpu_shims
+
+    meta = read_meta(path)
+    iter_dir = meta["path"]
+    check_same_architecture(meta, model_chunks)
+    sharded = _model_sharded_state_dict(model_chunks)
+    if optimizer is not None:
+        if meta.get("optimizer") is None:
+            raise CheckpointError(f"{iter_dir}: holds weights only (no optimizer state), so it cannot be resumed; "
+                                  f"use it as checkpoint.init_from")
+        if meta["optimizer"] != _optimizer_kind(optimizer):
+            raise CheckpointError(f"{iter_dir}: optimizer state was saved by the {meta['optimizer']} optimizer, "
+                                  f"this run uses the {_optimizer_kind(optimizer)} one; match "
+                                  f"optim.use_distributed_optimizer or start from it via checkpoint.init_from")
+        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=True)
+    layout_now = _layout()
+    same_layout = all(meta["layout"][k] == layout_now[k] for k in ("tp", "pp", "cp"))
+    if optimizer is not None and same_layout:
+        sharded["rng_state"] = _rng_sharded_object()
+    try:
+        with cpu_shims.cuda_to_cpu():
+            state = dist_checkpointing.load(sharded, iter_dir, sharded_strategy=("torch_dist", 1))
+    except (Exception, CheckpointException) as e:  # damaged files surface as many types (DCP's is a BaseException)
+        raise CheckpointError(f"{iter_dir}: cannot be loaded ({_one_line(e)}); the checkpoint is corrupt or "
+                              f"incomplete, use an earlier {ITER_PREFIX}* folder") from None
+    _unwrap(model_chunks[0]).load_state_dict(state["model"], strict=True)
+    if optimizer is not None:
+        with cpu_shims.cuda_to_cpu():
+            optimizer.load_state_dict(state["optimizer"])
+        if "rng_state" in state:
+            _restore_rng(state["rng_state"])
+    if scheduler is not None and meta.get("scheduler"):
+        scheduler.load_state_dict(meta["scheduler"])
+    meta["rng_restored"] = "rng_state" in state
+    return meta
+
+
+def _one_line(e: BaseException) -> str:
+    """'Type: first line of the message', unwrapping torch.distributed.checkpoint's per-rank failure map."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        e = next(iter(failures.values()))
+        if isinstance(e, tuple):  # (exception, traceback frames)
+            e = e[0]
+    text = str(e).strip()
+    return f"{e.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _megatron_version() -> str:
+    from megatron.core.package_info import __version__
+
+    return __version__
+
+
+def layout_summary(meta: Dict[str, Any], cfg: Config, world_size: int) -> str:
+    """'tp2·pp1·cp1·dp1 -> tp1·pp1·cp1·dp1' when the layout changed, '' when it did not."""
+    was = meta["layout"]
+    p = cfg.parallel
+    now = {"tp": p.tp, "pp": p.pp, "cp": p.cp, "dp": data_parallel_size(p, world_size)}
+    if all(was[k] == now[k] for k in now):
+        return ""
+    fmt = lambda d: "·".join(f"{k}{d[k]}" for k in ("tp", "pp", "cp", "dp"))  # noqa: E731
+    return f"{fmt(was)} -> {fmt(now)}"

@@ -1,0 +1,108 @@
+"""Entry point:  python -m megatron_ultralong.train --config <recipe.yaml> [section.key=value ...]
+
+    python -m megatron_ultralong.train --config toy_cpt train.max_steps=20              # one process
+    torchrun --nproc-per-node 2 -m megatron_ultralong.train --config toy_cpt parallel.tp=2
+    python -m megatron_ultralong.train --help-config                                   # every recipe key
+
+Exit codes (``megatron_ultralong.train``): 0 reached train.max_steps; 75 stopped by SIGUSR1/SIGTERM after saving
+a checkpoint (requeue: the next launch resumes from 'latest'); 2 bad recipe/override/checkpoint/run dir (one
+line on stderr); 1 anything else. torchrun turns any non-zero worker exit into its own 1, so rank 0 also writes
+``<run_dir>/exit_status.json`` ({"code", "reason", "step"}) for launchers that need the distinction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+from ..checkpoint import CheckpointError, find_latest, read_meta
+from ..config import ConfigError, checkpoint_dir, describe, load_recipe, validate
+from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; a bad command line is bad input: one line
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _route_library_chatter_to_stdout() -> None:
+    """Library warnings/logs go to stdout, so stderr carries only our one-line error on bad input."""
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) (and Apex )?(is|are) not installed.*")
+    logging.captureWarnings(True)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="[%(name)s] %(levelname)s %(message)s")
+
+
+def _write_exit_status(run_dir: str, code: int, reason: str, step) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        with open(os.path.join(run_dir, "exit_status.json"), "w") as f:
+            json.dump({"code": code, "reason": reason, "step": step}, f)
+    except OSError:
+        pass  # the run dir may be the very thing that is broken; the exit code still says it
+
+
+def preflight(cfg) -> None:
+    """The input checks that need no framework import: writable dirs, an existing init_from (when not resuming)."""
+    prepare_run_dir(cfg.train.run_dir, "train.run_dir")
+    prepare_run_dir(checkpoint_dir(cfg), "checkpoint.dir")
+    if cfg.checkpoint.init_from and find_latest(checkpoint_dir(cfg)) is None:
+        try:
+            read_meta(cfg.checkpoint.init_from)
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint.init_from: {e}") from None
+
+
+def main(argv=None) -> int:
+    parser = _OneLineParser(prog="python -m megatron_ultralong.train",
+                            description="CPT / SFT training on Megatron-Core from a YAML recipe.")
+    parser.add_argument("--config", help="recipe: a .yaml path or a packaged recipe name (e.g. toy_cpt, cpt_1m)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10 parallel.tp=2")
+    parser.add_argument("--help-config", action="store_true", help="list every recipe key with its meaning")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(describe())
+        return EXIT_OK
+    if not args.config:
+        parser.error("--config is required")
+    try:
+        cfg = validate(load_recipe(args.config, args.overrides))  # world-size checks follow in init_distributed
+        preflight(cfg)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    _route_library_chatter_to_stdout()
+    from .trainer import Trainer
+
+    trainer = None
+    code, reason = EXIT_FAILED, "error"
+    try:
+        trainer = Trainer(cfg)
+        code = trainer.train()
+        reason = {EXIT_OK: "finished", EXIT_PREEMPTED: f"preempted ({trainer.preemption.received or 'peer'})"}[code]
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code, reason = EXIT_BAD_INPUT, f"bad input: {e}"
+    except Exception:
+        traceback.print_exc()
+        code = EXIT_FAILED
+    finally:
+        step = trainer.step if trainer is not None else None
+        if trainer is not None:
+            trainer.close()
+        else:
+            from ..parallel import destroy_distributed
+
+            destroy_distributed()
+    _write_exit_status(cfg.train.run_dir, code, reason, step)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

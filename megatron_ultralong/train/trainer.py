@@ -1,0 +1,280 @@
+"""The training loop: CPT and SFT on Megatron-Core (DDP, (distributed) optimizer, pipeline schedule, checkpoints).
+
+    trainer = Trainer(load_recipe("toy_cpt", ["train.max_steps=20"]))
+    exit_code = trainer.train()          # EXIT_OK, or EXIT_PREEMPTED after SIGTERM/SIGUSR1 + checkpoint
+    trainer.close()
+
+One step = the global batch (``train.global_batch_size`` sequences) split into micro-batches of
+``train.micro_batch_size`` per data-parallel rank, run through Megatron's forward-backward schedule (PP with
+micro-batches; ``train/step.py``), gradients reduced by Megatron DDP and divided by the global count of loss
+tokens (``finalize_model_grads`` with per-token loss), clipped, and applied by the optimizer at this step's LR.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .. import cpu_shims
+from ..checkpoint import CheckpointError, find_latest, layout_summary, load_checkpoint, save_checkpoint
+from ..config import Config, checkpoint_dir, config_from_dict, dump_recipe
+from ..model.builder import DTYPES, build_model
+from ..parallel import destroy_distributed, init_distributed
+from . import EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
+from .metrics import MetricsLogger, memory_gb, peak_flops_per_gpu, train_flops_per_token
+from .schedule import LRSchedule
+from .step import forward_backward
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def megatron_optimizer_shims():
+    """cpu_shims.cuda_to_cpu plus CUDA type names, on CPU only (no-op with CUDA)."""
+    if not cpu_shims.cuda_absent():
+        yield
+        return
+    with cpu_shims.cuda_to_cpu(), cpu_shims.cuda_type_names():
+        yield
+
+
+def log(msg: str) -> None:
+    """Rank-0 console line (stdout; stderr is kept for the one-line error of a failed run)."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[trainer] {msg}", flush=True)
+
+
+def distributed_optimizer_choice(cfg: Config) -> Tuple[bool, str]:
+    """(use Megatron's DistributedOptimizer?, why not, when it is requested but cannot be used here)."""
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE
+
+    if not cfg.optim.use_distributed_optimizer:
+        return False, ""
+    # Measured with megatron-core 0.16.1: on CPU tensors its constructor raises TypeError (it checks
+    # param.type() == 'torch.cuda.*', distrib_optimizer.py:361-437); and with torch's AdamW (no TE/apex) it
+    # trains but cannot load a checkpoint: state_dict() asserts one 'step' in the still-empty inner optimizer
+    # state (distrib_optimizer.py:642). Megatron's non-sharded optimizer has neither problem.
+    if cpu_shims.cuda_absent():
+        return False, ("optim.use_distributed_optimizer: DistributedOptimizer needs CUDA tensors; using Megatron's "
+                       "non-sharded FP32 optimizer on CPU")
+    if not HAVE_APEX_OR_TE:
+        return False, ("optim.use_distributed_optimizer: DistributedOptimizer cannot resume without TE/apex "
+                       "FusedAdam (megatron-core 0.16.1); using the non-sharded optimizer")
+    return True, ""
+
+
+def wrap_ddp(model: torch.nn.Module, use_distributed_optimizer: bool) -> torch.nn.Module:
+    """Megatron DDP around the model, wired into the schedule through the model's TransformerConfig."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,  # BF16 params, FP32 gradient buffers and reduction
+        overlap_grad_reduce=False,  # long-context steps are compute-bound; a blocking reduce keeps it simple
+        use_distributed_optimizer=use_distributed_optimizer,
+        average_in_collective=False,  # per-token loss: grads are summed, then divided by the global token count
+    )
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    # The schedule reads these hooks from the model config (Megatron's design): no grad sync per micro-batch,
+    # then finalize_model_grads all-reduces grads and the token count over DP×CP and divides by it.
+    model.config.no_sync_func = ddp.no_sync
+    model.config.finalize_model_grads_func = finalize_model_grads
+    return ddp
+
+
+def build_optimizer(cfg: Config, model_chunks: List[torch.nn.Module], use_distributed_optimizer: bool):
+    """Megatron optimizer: Adam(W) with FP32 main params (DistributedOptimizer shards them over DP on GPU)."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o, dtype = cfg.optim, cfg.model.params_dtype
+    ocfg = OptimizerConfig(
+        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+        use_distributed_optimizer=use_distributed_optimizer,
+        bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=DTYPES[dtype],
+    )
+    with megatron_optimizer_shims():
+        optimizer = get_megatron_optimizer(ocfg, model_chunks)
+    if dtype == "fp16":  # dynamic loss scaling: the schedule scales the loss through this hook
+        model_chunks[0].config.grad_scale_func = optimizer.scale_loss
+    return optimizer
+
+
+class PreemptionSignal:
+    """SIGTERM / SIGUSR1 set a flag; the loop finishes its step, agrees across ranks, saves and exits 75."""
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def requested_on_any_rank(self, device) -> bool:
+        """True when any rank got a signal (one tiny all-reduce per step, so all ranks stop at the same step)."""
+        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Builds everything a run needs from the recipe, in the recipe's order; ``train()`` runs the loop."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
+        self.ckpt_dir = checkpoint_dir(cfg)
+        prepare_run_dir(cfg.train.run_dir, "train.run_dir")  # fail before any process group starts
+        prepare_run_dir(self.ckpt_dir, "checkpoint.dir")
+        self.ctx = init_distributed(cfg)  # validates cfg for this world size, builds TP/PP/CP/DP groups, seeds
+        # Megatron seeds only its tracker streams; CPU-initialised weights draw from torch's default generator
+        torch.manual_seed(cfg.train.seed)
+        use_dist_opt, why_not = distributed_optimizer_choice(cfg)
+        if why_not:
+            log(why_not)
+        self.model = [wrap_ddp(build_model(cfg), use_dist_opt)]  # YaRN rotary is part of the built model
+        self.optimizer = build_optimizer(cfg, self.model, use_dist_opt)
+        self.schedule = LRSchedule(cfg.optim, cfg.train.max_steps)
+        # checkpoint before data: the loader starts at the restored sample position
+        self.step, self.consumed_samples = self.restore()
+        self.data = self.build_data(self.consumed_samples)
+        self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.ctx.dp_size)
+        self.metrics = MetricsLogger(cfg, enabled=self.ctx.rank == 0, start_step=self.step)
+        if self.ctx.rank == 0:
+            dump_recipe(cfg, os.path.join(cfg.train.run_dir, "config.yaml"))
+        self.flops_per_token = train_flops_per_token(cfg)
+        self.peak_flops = peak_flops_per_gpu()
+
+    # ---------------------------------------------------------------------------------------- setup
+    def build_data(self, consumed_samples: int):
+        """Micro-batch iterator for this DP rank, starting after ``consumed_samples`` global samples."""
+        from ..data.loader import build_train_iterator
+
+        return build_train_iterator(self.cfg, self.ctx.dp_rank, self.ctx.dp_size, consumed_samples=consumed_samples)
+
+    def restore(self) -> Tuple[int, int]:
+        """Resume from ``<checkpoint.dir>/latest`` if there is one, else load ``checkpoint.init_from`` weights,
+        else keep the fresh initialisation. Returns (step, consumed_samples)."""
+        cfg = self.cfg
+        latest = find_latest(self.ckpt_dir)
+        if latest is not None:
+            meta = load_checkpoint(latest, self.model, self.optimizer, self.schedule)
+            change = layout_summary(meta, cfg, self.ctx.world_size)
+            log(f"resumed from {latest} (step {meta['step']}"
+                + (f", resharded {change}" if change else "")
+                + ("" if meta["rng_restored"] else ", RNG states not restored: parallel layout changed") + ")")
+            diff = self.schedule.differences(meta.get("scheduler") or {})
+            if diff:
+                log(f"LR schedule differs from the checkpoint's, following the recipe: {diff}")
+            return meta["step"], int(meta["extra"]["consumed_samples"])
+        if cfg.checkpoint.init_from:
+            try:
+                meta = load_checkpoint(cfg.checkpoint.init_from, self.model)
+            except CheckpointError as e:
+                raise CheckpointError(f"checkpoint.init_from: {e}") from None
+            self.optimizer.reload_model_params()  # refresh the FP32 main copies from the loaded weights
+            log(f"initialised weights from {meta['path']} (step {meta['step']}); rotary: "
+                f"{_rope_name(config_from_dict(meta['config']))} in the checkpoint -> {_rope_name(cfg)} in this run")
+            return 0, 0
+        return 0, 0
+
+    # ----------------------------------------------------------------------------------------- loop
+    def train(self) -> int:
+        """Run to ``train.max_steps``; returns EXIT_OK, or EXIT_PREEMPTED after a signal and a checkpoint."""
+        cfg = self.cfg
+        if self.step >= cfg.train.max_steps:
+            log(f"already at step {self.step} >= train.max_steps={cfg.train.max_steps}; nothing to do")
+            return EXIT_OK
+        log(f"training steps {self.step + 1}..{cfg.train.max_steps}: world {self.ctx.world_size} "
+            f"(tp{cfg.parallel.tp}·pp{cfg.parallel.pp}·cp{cfg.parallel.cp}·dp{self.ctx.dp_size}), "
+            f"{self.num_microbatches} micro-batch(es) of {cfg.train.micro_batch_size} per rank and step")
+        interval = cfg.checkpoint.interval
+        while self.step < cfg.train.max_steps:
+            record = self.train_step()
+            self.metrics.write(record)
+            if not math.isfinite(record["loss"]):
+                raise FloatingPointError(f"loss is {record['loss']} at step {self.step}; stopping (resume from the "
+                                         f"last checkpoint with a lower optim.lr)")
+            preempted = self.preemption.requested_on_any_rank(self.ctx.device)
+            done = self.step >= cfg.train.max_steps
+            if done or preempted or (interval and self.step % interval == 0):
+                self.save()
+            if preempted and not done:
+                log(f"{self.preemption.received or 'signal on another rank'}: checkpoint of step {self.step} "
+                    f"saved, exiting with {EXIT_PREEMPTED} for requeue")
+                return EXIT_PREEMPTED
+        return EXIT_OK
+
+    def train_step(self) -> Dict[str, object]:
+        """One optimizer step over the global batch; returns the metrics record."""
+        cfg = self.cfg
+        step = self.step + 1
+        t0 = time.perf_counter()
+        batches = [next(self.data) for _ in range(self.num_microbatches)]
+        lr = self.schedule.apply(self.optimizer, step)
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        out = forward_backward(self.model, batches, cfg)
+        with megatron_optimizer_shims():
+            _, grad_norm, _ = self.optimizer.step()
+        loss_sum, loss_tokens = self.global_loss(out)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        self.step = step
+        self.consumed_samples += cfg.train.global_batch_size
+        tokens = cfg.train.global_batch_size * cfg.data.seq_length
+        tokens_per_s = tokens / dt
+        mfu = None
+        if self.peak_flops:
+            mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.ctx.world_size)
+        return {"step": step, "loss": loss_sum / max(loss_tokens, 1.0), "lr": lr,
+                "grad_norm": float(grad_norm) if cfg.optim.clip_grad > 0 and grad_norm is not None else None,
+                "tokens": tokens, "loss_tokens": int(loss_tokens), "tokens_per_s": tokens_per_s, "mfu": mfu,
+                "mem_gb": memory_gb(), "step_time_s": dt}
+
+    def global_loss(self, out: Dict[str, torch.Tensor]) -> Tuple[float, float]:
+        """(Σ loss, Σ loss tokens) over the whole global batch, known on every rank (float64)."""
+        from megatron.core import parallel_state as ps
+
+        t = torch.tensor([float(out["loss_sum"]), float(out["tokens"])], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(t, group=ps.get_data_parallel_group(with_context_parallel=True))
+        if ps.get_pipeline_model_parallel_world_size() > 1:  # only the last stage computed a loss
+            dist.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
+                           group=ps.get_pipeline_model_parallel_group())
+        return float(t[0]), float(t[1])
+
+    def save(self) -> str:
+        """Checkpoint of the current step (model, optimizer, RNG, schedule, data position, config)."""
+        t0 = time.perf_counter()
+        path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.cfg, self.optimizer, self.schedule,
+                               extra={"consumed_samples": self.consumed_samples})
+        log(f"saved {path} in {time.perf_counter() - t0:.1f}s")
+        return path
+
+    def close(self) -> None:
+        """Flush metrics, restore signal handlers, tear down process groups."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+        if getattr(self, "preemption", None) is not None:
+            self.preemption.restore()
+        destroy_distributed()
+
+
+def _rope_name(cfg: Config) -> str:
+    """'yarn x128', 'llama3 x8' or 'default': the position encoding a config builds."""
+    if cfg.yarn.enabled:
+        factor = cfg.yarn.factor or cfg.yarn.target_length / cfg.yarn.original_max_position_embeddings
+        return f"yarn x{factor:g}"
+    m = cfg.model
+    return m.rope_type if m.rope_type == "default" else f"{m.rope_type} x{m.rope_factor:g}"

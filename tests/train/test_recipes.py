@@ -1,0 +1,41 @@
+"""Stage recipes: the paper's numbers where it gives them, consistent layouts, and the 1M -> 2M -> 4M chain."""
+import pytest
+
+from megatron_ultralong.config import data_parallel_size, load_recipe, validate
+
+STAGES = {"cpt_1m": (1048576, 128), "cpt_2m": (2097152, 256), "cpt_4m": (4194304, 512)}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_cpt_stage_trains_at_the_target_length_on_about_1b_tokens(name):
+    target, factor = STAGES[name]
+    cfg = validate(load_recipe(name, ["data.paths=[/data/cpt]"]), world_size=256)
+    t = cfg.train
+    assert cfg.data.seq_length == cfg.yarn.target_length == target
+    assert cfg.yarn.target_length / cfg.yarn.original_max_position_embeddings == factor
+    assert (cfg.yarn.beta_slow, cfg.yarn.beta_fast) == (1.0, 4.0)
+    tokens = t.max_steps * t.global_batch_size * target
+    assert 1.0e9 <= tokens <= 1.1e9 and cfg.data.token_budget == 10**9
+    assert t.global_batch_size * target == 8 * 2**20  # 8M tokens per step in every stage
+    dp = data_parallel_size(cfg.parallel, 256)
+    assert t.global_batch_size % dp == 0 and target // cfg.parallel.cp <= 128 * 1024
+    assert cfg.train.mode == "cpt" and not cfg.data.mask_cross_document and cfg.train.recompute == "full"
+
+
+def test_stages_chain_by_init_from():
+    assert load_recipe("cpt_1m").checkpoint.init_from == "ckpt/llama31-8b"
+    for prev, nxt in (("cpt_1m", "cpt_2m"), ("cpt_2m", "cpt_4m"), ("cpt_4m", "sft")):
+        assert load_recipe(nxt).checkpoint.init_from == f"{load_recipe(prev).train.run_dir}/checkpoints"
+
+
+def test_sft_is_short_context_assistant_only_on_the_4m_model():
+    cfg = validate(load_recipe("sft", ["data.paths=[/data/sft.jsonl]"]), world_size=64)
+    assert cfg.train.mode == "sft" and cfg.data.seq_length == 8192 and cfg.parallel.cp == 1
+    assert cfg.yarn.target_length == 4194304  # the model keeps the 4M stage's rotary
+    assert cfg.train.max_steps == 150
+
+
+@pytest.mark.parametrize("name", ["toy_cpt", "toy_sft"])
+def test_toy_recipes_validate_on_one_cpu_process(name):
+    cfg = validate(load_recipe(name), world_size=1)
+    assert cfg.model.params_dtype == "fp32" and cfg.data.synthetic == "copy" and cfg.yarn.enabled
