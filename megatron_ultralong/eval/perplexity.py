@@ -1,0 +1,141 @@
+"""Perplexity vs context length on held-out long documents.
+
+For each context length L, the first L + 1 tokens of up to ``documents`` held-out documents that are at least
+that long (books, code repositories: the corpus must hold long documents, a stream of short ones says nothing
+about long context) are scored: the model reads tokens 0..L-1 and predicts 1..L. Reported per L:
+
+- ``ppl``: exp of the mean NLL over all L predictions;
+- ``tail_ppl``: exp of the mean NLL over the last ``tail`` predictions only — the tokens that have the most
+  context before them. A model that uses its long context has a tail perplexity that falls (or at least holds)
+  as L grows; one that does not rises past its effective window. (The same documents are used for every L when
+  they are long enough, so the curves compare like with like.)
+
+    nll = hf_nll_fn(model)                              # chunked: never builds [L, vocab] logits
+    res = perplexity_by_length(nll, docs, lengths=[8192, 131072, 1048576], documents=4, tail=4096)
+    res["results"][i]["ppl"], res["results"][i]["tail_ppl"]
+
+``nll(ids) -> Tensor[len(ids) - 1]`` is any per-position negative log-likelihood (``hf_nll_fn`` wraps a
+transformers causal LM of the Llama / Qwen2 families, the ones the converters export).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .niah import EvalError
+
+NllFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def long_documents(docs: Sequence[np.ndarray], length: int, documents: int) -> List[np.ndarray]:
+    """The first ``length + 1`` tokens of the first ``documents`` documents with at least that many tokens."""
+    out = []
+    for d in docs:
+        if len(d) >= length + 1:
+            out.append(np.asarray(d[:length + 1], dtype=np.int64))
+            if len(out) == documents:
+                break
+    return out
+
+
+def plan_windows(docs: Sequence[np.ndarray], lengths: Sequence[int], documents: int = 4
+                 ) -> List[Tuple[int, List[np.ndarray]]]:
+    """(length, the documents' first length + 1 tokens) per length; EvalError when no document is long enough
+    for a length (cheap: call it before loading a model)."""
+    if not lengths or documents < 1 or any(n < 1 for n in lengths):
+        raise EvalError(f"perplexity: give lengths >= 1 (got {list(lengths)}) and documents >= 1 (got {documents})")
+    longest = max((len(d) for d in docs), default=0)
+    plan = []
+    for length in lengths:
+        picked = long_documents(docs, length, documents)
+        if not picked:
+            raise EvalError(f"perplexity at length {length}: no held-out document has {length + 1} tokens (the "
+                            f"longest has {longest}); use a corpus of long documents or lengths <= {longest - 1}")
+        plan.append((length, picked))
+    return plan
+
+
+def perplexity_by_length(nll: NllFn, docs: Sequence[np.ndarray], lengths: Sequence[int], documents: int = 4,
+                         tail: int = 1024, log: Optional[Callable[[str], None]] = print) -> Dict:
+    """Score every length (see the module docstring); EvalError when no document is long enough for one."""
+    if tail < 1:
+        raise EvalError(f"perplexity: tail={tail}: must be >= 1")
+    plan = plan_windows(docs, lengths, documents)
+    total, done, t0 = sum(len(p) * n for n, p in plan), 0, time.time()
+    results = []
+    for length, picked in plan:
+        sums = np.zeros(2)
+        counts = np.zeros(2)
+        for k, ids in enumerate(picked, 1):
+            losses = nll(torch.from_numpy(ids)).double()
+            if losses.shape != (length,):
+                raise EvalError(f"the NLL function returned shape {tuple(losses.shape)} for {length + 1} tokens; "
+                                f"expected ({length},)")
+            sums += [losses.sum().item(), losses[-tail:].sum().item()]
+            counts += [length, min(tail, length)]
+            done += length
+            if log:
+                eta = (time.time() - t0) / done * (total - done)
+                log(f"perplexity length={length} document {k}/{len(picked)} "
+                    f"[{done:,}/{total:,} tokens, eta {eta:.0f}s]")
+        mean = sums / counts
+        results.append({"length": int(length), "documents": len(picked), "tail": int(min(tail, length)),
+                        "nll": mean[0], "ppl": math.exp(mean[0]), "tail_nll": mean[1], "tail_ppl": math.exp(mean[1])})
+        if log:
+            log(f"perplexity length={length}: ppl {results[-1]['ppl']:.3f}, last-{results[-1]['tail']} "
+                f"ppl {results[-1]['tail_ppl']:.3f} over {len(picked)} document(s)")
+    return {"lengths": [int(n) for n in lengths], "documents": documents, "tail": tail, "results": results}
+
+
+def hf_nll_fn(model, chunk: int = 4096) -> NllFn:
+    """Per-position NLL with a transformers causal LM (Llama / Qwen2 families): the decoder runs once over the
+    sequence, the output head and log-softmax run ``chunk`` positions at a time (no [L, vocab] logits)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = next(model.parameters()).device
+
+    def nll(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(device)
+        with torch.no_grad():
+            hidden = decoder(input_ids=ids[None, :-1]).last_hidden_state[0]
+            out = [torch.nn.functional.cross_entropy(head(hidden[s:s + chunk]).float(), ids[1 + s:1 + s + chunk],
+                                                     reduction="none")
+                   for s in range(0, hidden.shape[0], chunk)]
+        return torch.cat(out).cpu()
+
+    return nll
+
+
+def documents_from_indexed(prefixes: Sequence[str], max_documents: int = 100000) -> List[np.ndarray]:
+    """Documents (token arrays) of indexed datasets written by tools/preprocess_data.py, in order."""
+    from ..data.preprocess import open_indexed_dataset
+
+    docs: List[np.ndarray] = []
+    for prefix in prefixes:
+        ds = open_indexed_dataset(prefix)
+        for i in range(min(len(ds), max_documents - len(docs))):
+            docs.append(np.array(ds[i], dtype=np.int64))
+        del ds
+    return docs
+
+
+def documents_from_jsonl(paths: Sequence[str], tokenizer, text_key: str = "text") -> List[np.ndarray]:
+    """Documents of jsonl files (one record per line with a ``text_key`` field), tokenized without BOS/EOS."""
+    import json
+
+    docs = []
+    for path in paths:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)[text_key]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise EvalError(f"{path}:{n}: not a JSON record with a {text_key!r} field; pass --text-key "
+                                    f"with the field holding the text") from None
+                docs.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
+    return docs
