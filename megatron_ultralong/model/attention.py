@@ -17,7 +17,8 @@ i.e. query at global position c·L+i sees keys at global positions <= c·L+i. Ke
 passed to SDPA, so the zigzag layout's load balance carries over to compute. Without document ids the mask is a
 ``causal_lower_right`` bias (flash / memory-efficient kernels on CUDA, no S×S tensor); with document ids it is an
 explicit boolean [b, 1, L, (c+1)·L] mask — fine on CPU, quadratic in memory on long GPU runs (document masking at
-scale belongs to TE's THD path, not wired yet: see specs.make_attention_mask).
+scale belongs to TE's THD path, not wired yet; te layers run this module when documents are masked: see
+``specs.core_attention_kind``).
 
 The gather is our own autograd function: ``torch.distributed.nn.functional.all_gather`` backward fails on gloo for
 any group other than ranks [0, 1] (it scatters with group-local ranks taken as global ones).

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import Config, head_dim
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
-from .specs import layer_spec, resolve_attention_backend
+from .specs import layer_spec, needs_document_masking, resolve_attention_backend
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -103,7 +103,7 @@ def build_model(cfg: Config, pre_process: bool | None = None, post_process: bool
     max_len = cfg.yarn.target_length if cfg.yarn.enabled else m.max_position_embeddings
     model = GPTModel(
         config=tcfg,
-        transformer_layer_spec=layer_spec(m),
+        transformer_layer_spec=layer_spec(m, document_masking=needs_document_masking(cfg)),
         vocab_size=m.vocab_size,
         max_sequence_length=max_len,
         pre_process=ps.is_pipeline_first_stage() if pre_process is None else pre_process,

@@ -8,6 +8,11 @@
 
 ``auto`` picks te on a GPU with Transformer Engine importable, sdpa otherwise. Megatron's local attention
 materialises [b, heads, S, S] scores and refuses CP, so it is kept as a numerical reference only.
+
+**Document masking** (SFT, or CPT with ``data.mask_cross_document``): the sdpa core attention takes per-token
+document ids (under CP too). With the te backend, the layer keeps TE's linears and norms (fused, FP8-capable)
+and swaps in the sdpa core attention for masked training (``core_attention_kind``), since TE's THD
+packed-sequence format is not wired here; SFT windows are short, so the masked SDPA kernel costs little there.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from ..config import ConfigError, ModelConfig
+from ..config import Config, ConfigError, ModelConfig
 
 
 def te_available() -> bool:
@@ -42,15 +47,27 @@ def resolve_attention_backend(model: ModelConfig) -> str:
     return backend
 
 
-def layer_spec(model: ModelConfig) -> ModuleSpec:
+def needs_document_masking(cfg: Config) -> bool:
+    """Attention is masked across packed documents: always in SFT, in CPT with data.mask_cross_document."""
+    return cfg.data.mask_cross_document or cfg.train.mode == "sft"
+
+
+def core_attention_kind(backend: str, document_masking: bool) -> str:
+    """Which core attention a layer of ``backend`` runs ('te' | 'sdpa' | 'local'): te's becomes sdpa when
+    documents are masked (see the module docstring); the attention mask is built for this kind."""
+    return "sdpa" if backend == "te" and document_masking else backend
+
+
+def layer_spec(model: ModelConfig, document_masking: bool = False) -> ModuleSpec:
     """ModuleSpec of one transformer layer for the resolved backend."""
+    from .attention import SDPACoreAttention
+
     backend = resolve_attention_backend(model)
     if backend == "te":
-        return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    if backend == "sdpa":
-        from .attention import SDPACoreAttention
-
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if core_attention_kind(backend, document_masking) == "sdpa":
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
 
@@ -59,6 +76,7 @@ def make_attention_mask(backend: str, seq_length: int, doc_ids: Optional[torch.T
                         device=None) -> Optional[torch.Tensor]:
     """The `attention_mask` argument GPTModel.forward expects for this backend.
 
+    ``backend`` is the core attention kind (``core_attention_kind``).
     - te / sdpa: None means plain causal; sdpa also takes ``doc_ids`` [b, s] (int) to mask across documents.
       Under context parallelism s and doc_ids are this rank's zigzag share; the sdpa module gathers the rest.
     - local: an explicit boolean [b|1, 1, s, s] mask, True = masked out (causal, and across documents).
@@ -66,9 +84,9 @@ def make_attention_mask(backend: str, seq_length: int, doc_ids: Optional[torch.T
     if backend == "sdpa":
         return doc_ids
     if backend == "te":
-        if doc_ids is not None:
-            raise ConfigError("document masking (data.mask_cross_document / train.mode=sft) is not wired to the "
-                              "te backend yet; use model.attention_backend=sdpa for masked packing")
+        if doc_ids is not None:  # a te layer built for masking runs the sdpa core attention
+            raise ValueError("document ids given to TE core attention: build the layers with "
+                             "layer_spec(..., document_masking=True) and mask for core_attention_kind(...)")
         return None
     causal = torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)
     mask = causal.view(1, 1, seq_length, seq_length)

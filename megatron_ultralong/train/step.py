@@ -30,22 +30,18 @@ import torch
 from .. import cpu_shims
 from ..config import Config
 from ..model.loss import final_hidden_states, gpt_chunked_loss, unwrap_gpt
-from ..model.specs import make_attention_mask, resolve_attention_backend
+from ..model.specs import core_attention_kind, make_attention_mask, needs_document_masking, resolve_attention_backend
 from ..parallel import check_cp_seq_length, zigzag_split
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
-
-
-def _masking_on(cfg: Config) -> bool:
-    return cfg.data.mask_cross_document or cfg.train.mode == "sft"
 
 
 def make_forward_step(cfg: Config):
     """forward_step_func(data_iterator, model) for Megatron's schedules."""
     from megatron.core import parallel_state as ps
 
-    backend = resolve_attention_backend(cfg.model)
-    masking = _masking_on(cfg)
+    masking = needs_document_masking(cfg)
+    core = core_attention_kind(resolve_attention_backend(cfg.model), masking)
     chunk = cfg.train.loss_chunk_size
 
     def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -63,7 +59,7 @@ def make_forward_step(cfg: Config):
                             cfg.parallel.sequence_parallel)
         batch = zigzag_split(batch, cp_size, ps.get_context_parallel_rank())  # identity for cp == 1
         doc_ids = batch.get("doc_ids") if masking else None
-        mask = make_attention_mask(backend, batch["tokens"].shape[1], doc_ids, device=device)
+        mask = make_attention_mask(core, batch["tokens"].shape[1], doc_ids, device=device)
         inputs = dict(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=mask)
         gpt = unwrap_gpt(model)
         if chunk > 0 and gpt.post_process:

@@ -1,0 +1,48 @@
+"""Layer-spec selection: which core attention runs, and which mask it gets, per backend and masking."""
+import pytest
+import torch
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+from megatron_ultralong.config import load_recipe
+from megatron_ultralong.model import specs
+from megatron_ultralong.model.attention import SDPACoreAttention
+
+
+def test_sft_and_mask_cross_document_need_document_masking_plain_cpt_does_not():
+    assert specs.needs_document_masking(load_recipe("toy_sft"))
+    assert not specs.needs_document_masking(load_recipe("toy_cpt"))
+    assert specs.needs_document_masking(load_recipe("toy_cpt", ["data.mask_cross_document=true"]))
+    assert specs.needs_document_masking(load_recipe("sft"))  # the cluster recipe, on TE GPUs
+
+
+@pytest.mark.parametrize("backend, masking, kind", [("te", False, "te"), ("te", True, "sdpa"), ("sdpa", False, "sdpa"),
+                                                    ("sdpa", True, "sdpa"), ("local", True, "local")])
+def test_core_attention_kind_routes_masked_te_layers_to_sdpa(backend, masking, kind):
+    assert specs.core_attention_kind(backend, masking) == kind
+
+
+def test_te_layers_keep_te_linears_and_take_sdpa_core_attention_when_documents_are_masked(monkeypatch):
+    # Transformer Engine is not importable here: stand a distinct local spec in for the TE one, to check that
+    # the masked TE layer is the TE spec (its linears untouched) with only the core attention swapped.
+    te_stand_in = get_gpt_layer_local_spec(normalization="RMSNorm")
+    te_core = te_stand_in.submodules.self_attention.submodules.core_attention
+    te_qkv = te_stand_in.submodules.self_attention.submodules.linear_qkv
+    monkeypatch.setattr(specs, "resolve_attention_backend", lambda model: "te")
+    monkeypatch.setattr(specs, "get_gpt_layer_with_transformer_engine_spec",
+                        lambda: get_gpt_layer_local_spec(normalization="RMSNorm"))
+    model = load_recipe("toy_sft").model
+    plain = specs.layer_spec(model).submodules.self_attention.submodules
+    masked = specs.layer_spec(model, document_masking=True).submodules.self_attention.submodules
+    assert plain.core_attention is te_core and plain.core_attention is not SDPACoreAttention
+    assert masked.core_attention is SDPACoreAttention
+    assert masked.linear_qkv is te_qkv
+
+
+def test_masks_follow_the_core_attention_kind():
+    doc_ids = torch.tensor([[0, 0, 1, 1]])
+    assert specs.make_attention_mask("sdpa", 4, doc_ids) is doc_ids
+    assert specs.make_attention_mask("te", 4) is None
+    local = specs.make_attention_mask("local", 4, doc_ids)
+    assert local[0, 0, 3].tolist() == [True, True, False, False]  # token 3 sees 2..3 only
+    with pytest.raises(ValueError, match="document_masking=True"):
+        specs.make_attention_mask("te", 4, doc_ids)
