@@ -45,7 +45,13 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(a.hf)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(a.hf)
+    except (OSError, ValueError) as e:
+        print(f"error: --hf {a.hf}: no loadable tokenizer there ({str(e).splitlines()[0][:120]}); export with "
+              f"tools/convert_to_hf.py --hf-assets <source HF folder> so the tokenizer files are copied",
+              file=sys.stderr)
+        return 2
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
     if torch.cuda.is_available():

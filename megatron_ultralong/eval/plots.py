@@ -1,4 +1,5 @@
-"""Plots of evaluation results: NIAH heatmap (depth × length) and perplexity vs length. Written atomically."""
+"""Plots of evaluation results: NIAH heatmap (depth × length), RULER heatmap (task × length), perplexity vs
+length. Written atomically."""
 from __future__ import annotations
 
 import os
@@ -23,28 +24,44 @@ def _fmt_len(n: int) -> str:
     return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
-def niah_heatmap(grid: Dict, path: str, title: str = "Passkey retrieval") -> None:
-    """Accuracy per (depth, length) cell as a red-to-green heatmap PNG."""
+def _heatmap(values, rows: Sequence[str], lengths: Sequence[int], path: str, title: str, ylabel: str,
+             label: str) -> None:
+    """[rows × lengths] scores in [0, 1] as a red-to-green heatmap PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths) + 0.06 * max(map(len, rows)), 1.0 + 0.5 * len(rows)))
+    im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def niah_heatmap(grid: Dict, path: str, title: str = "Passkey retrieval") -> None:
+    """Accuracy per (depth, length) cell as a red-to-green heatmap PNG."""
     import numpy as np
 
     lengths, depths = grid["lengths"], grid["depths"]
     acc = np.zeros((len(depths), len(lengths)))
     for c in grid["cells"]:
         acc[depths.index(c["depth"]), lengths.index(c["length"])] = c["accuracy"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.0 + 0.5 * len(depths)))
-    im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(f"{title}: {grid['accuracy']:.1%}")
-    fig.colorbar(im, ax=ax, label="accuracy")
-    _save(fig, path)
-    plt.close(fig)
+    _heatmap(acc, [f"{d:.0%}" for d in depths], lengths, path, f"{title}: {grid['accuracy']:.1%}", "needle depth",
+             "accuracy")
+
+
+def ruler_heatmap(res: Dict, path: str, title: str = "RULER-style tasks") -> None:
+    """Score per (task, length) cell as a red-to-green heatmap PNG."""
+    import numpy as np
+
+    values = np.array([[res["scores"][t][str(n)] for n in res["lengths"]] for t in res["tasks"]])
+    _heatmap(values, res["tasks"], res["lengths"], path, f"{title}: {res['average']:.1%}", "task", "score")
 
 
 def perplexity_plot(lengths: Sequence[int], ppl: Sequence[float], path: str, title: str = "Perplexity") -> None:

@@ -1,0 +1,223 @@
+"""RULER-style synthetic long-context tasks (after Hsieh et al., 2024, "RULER: What's the Real Context Size of Your
+Long-Context Language Models?"): retrieval and multi-hop tracing that a plain passkey test does not probe.
+
+| task | hidden in the haystack | asked | answers |
+|---|---|---|---|
+| ``niah_single`` | 1 needle "One of the special magic numbers for {key} is: {value}." | its key | 1 value |
+| ``niah_multikey`` | 4 needles with different keys (3 distractors) | one key | 1 value |
+| ``niah_multivalue`` | 4 needles with the same key | that key | all 4 values |
+| ``niah_multiquery`` | 4 needles with different keys | two keys | 2 values |
+| ``variable_tracking`` | a chain "VAR A = 12345." "VAR B = VAR A." ... (5 names) and a distractor chain | the number | the chain's 5 names |
+
+Keys are adjective-noun pairs, values 7-digit numbers, variable names 5 capital letters, all drawn from a seeded
+RNG. Statements sit at evenly spread depths of a filler haystack, at filler-sentence boundaries, and the prompt
+is built in token space so that it has exactly ``length`` tokens. The question ends with an answer prefix, so
+base and instruct models alike continue with the answer. Score (RULER's ``string_match_all``): the fraction of a
+sample's answers found verbatim in the completion, averaged per (task, length).
+
+    res = run_ruler(generate, tokenizer, tasks=TASKS, lengths=[131072, 1048576], samples_per_cell=4)
+    res["scores"]["variable_tracking"]["1048576"], res["average"]
+
+``generate(prompt_ids, max_new_tokens) -> str`` is any greedy decoder (``hf_generate`` wraps transformers).
+"""
+from __future__ import annotations
+
+import random
+import string
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .niah import FILLER, EvalError
+
+GenerateFn = Callable[[List[int], int], str]
+
+_ADJECTIVES = ("ancient", "bitter", "calm", "daring", "eager", "fragile", "gentle", "hollow", "icy", "jolly",
+               "keen", "lively", "mellow", "noble", "odd", "proud", "quiet", "rapid", "silent", "tender", "urban",
+               "vivid", "wary", "young", "zealous", "amber", "brisk", "crimson", "dusty", "early")
+_NOUNS = ("anchor", "badger", "canyon", "dolphin", "ember", "falcon", "glacier", "harbor", "island", "jungle",
+          "kettle", "lantern", "meadow", "needle", "orchard", "pebble", "quarry", "river", "saddle", "thistle",
+          "umbrella", "valley", "willow", "yarrow", "zephyr", "beacon", "cobalt", "dune", "fjord", "garnet")
+
+NEEDLES = 4
+"""Needles per multi-needle task (RULER's default for multikey / multivalue is 4)."""
+CHAIN = 5
+"""Variable names per chain in variable_tracking."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: how many tokens its answer needs."""
+
+    name: str
+    """Task name (the table in the module docstring)."""
+    max_new_tokens: int
+    """Greedy decoding budget: enough for every answer plus separators."""
+
+
+TASKS: Dict[str, Task] = {t.name: t for t in (
+    Task("niah_single", 24), Task("niah_multikey", 24), Task("niah_multivalue", 64), Task("niah_multiquery", 48),
+    Task("variable_tracking", 40))}
+
+_NIAH_INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize them. "
+               "I will quiz you about the numbers afterwards.\n")
+_NIAH_NEEDLE = "One of the special magic numbers for {key} is: {value}. "
+_NIAH_QUESTION = ("\nWhat are all the special magic numbers for {keys} mentioned in the provided text? "
+                  "The special magic numbers for {keys} mentioned in the provided text are")
+_VT_INTRO = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
+_VT_QUESTION = ("\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: "
+                "According to the chain(s) of variable assignment in the text above, {n} variables are assigned "
+                "the value {value}, they are:")
+
+
+@dataclass
+class RulerSample:
+    """One prompt and what a correct completion contains."""
+
+    task: str
+    """Task name."""
+    length: int
+    """Prompt length in tokens."""
+    answers: List[str]
+    """Strings a correct completion contains (all of them)."""
+    statement_token_pos: List[int]
+    """Index of each hidden statement's first token in prompt_ids, in prompt order."""
+    prompt_ids: List[int]
+    """Token ids of the whole prompt."""
+
+
+def _value(rng: random.Random) -> str:
+    return str(rng.randint(1_000_000, 9_999_999))
+
+
+def _keys(rng: random.Random, n: int) -> List[str]:
+    pairs = rng.sample([(a, b) for a in _ADJECTIVES for b in _NOUNS], n)
+    return [f"{a}-{b}" for a, b in pairs]
+
+
+def _var_names(rng: random.Random, n: int) -> List[str]:
+    names: List[str] = []
+    while len(names) < n:
+        name = "".join(rng.choices(string.ascii_uppercase, k=5))
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def task_content(task: str, rng: random.Random) -> Tuple[str, List[str], str, List[str]]:
+    """(intro, hidden statements in haystack order, question, answers) of one sample of ``task``."""
+    if task == "variable_tracking":
+        value, other = _value(rng), _value(rng)
+        names = _var_names(rng, 2 * CHAIN)
+        chain, decoy = names[:CHAIN], names[CHAIN:]
+
+        def statements(vars_, v):
+            return [f"VAR {vars_[0]} = {v}. "] + [f"VAR {b} = VAR {a}. " for a, b in zip(vars_, vars_[1:])]
+
+        mine, theirs = statements(chain, value), statements(decoy, other)
+        merged = [s for pair in zip(mine, theirs) for s in pair]  # interleaved; each chain keeps its order
+        return _VT_INTRO, merged, _VT_QUESTION.format(value=value, n=CHAIN), chain
+    if task not in TASKS:
+        raise EvalError(f"unknown RULER task {task!r}; choose from {', '.join(TASKS)}")
+    n = 1 if task == "niah_single" else NEEDLES
+    keys = _keys(rng, n)
+    if task == "niah_multivalue":
+        keys = [keys[0]] * n
+    values = [_value(rng) for _ in range(n)]
+    needles = [_NIAH_NEEDLE.format(key=k, value=v) for k, v in zip(keys, values)]
+    if task in ("niah_single", "niah_multikey"):
+        target = rng.randrange(n)
+        asked, answers = [keys[target]], [values[target]]
+    elif task == "niah_multivalue":
+        asked, answers = [keys[0]], values
+    else:  # niah_multiquery
+        picked = sorted(rng.sample(range(n), 2))
+        asked, answers = [keys[i] for i in picked], [values[i] for i in picked]
+    return _NIAH_INTRO, needles, _NIAH_QUESTION.format(keys=", ".join(asked)), answers
+
+
+def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: str = FILLER) -> RulerSample:
+    """A prompt of exactly ``length`` tokens: intro, haystack with the task's statements at evenly spread depths
+    (filler-sentence boundaries), question with its answer prefix."""
+    intro, statements, question, answers = task_content(task, rng)
+    intro_ids, question_ids = tokenizer.encode(intro), tokenizer.encode(question)
+    stmt_ids = [tokenizer.encode(s) for s in statements]
+    sentence = tokenizer.encode(filler)
+    fixed = len(intro_ids) + sum(map(len, stmt_ids)) + len(question_ids)
+    budget = length - fixed
+    if budget < 0 or not sentence:
+        raise EvalError(f"{task}: context length {length} is shorter than the task's fixed text ({fixed} tokens); "
+                        f"use lengths >= {fixed + len(sentence)}")
+    reps, rest = divmod(budget, len(sentence))
+    haystack = sentence * reps + sentence[:rest]
+    k = len(stmt_ids)
+    cuts = [min(round(reps * (i + 1) / (k + 1)) * len(sentence), len(haystack)) for i in range(k)]
+    prompt, positions, prev = list(intro_ids), [], 0
+    for cut, ids in zip(cuts, stmt_ids):
+        prompt += haystack[prev:cut]
+        positions.append(len(prompt))
+        prompt += ids
+        prev = cut
+    prompt += haystack[prev:] + question_ids
+    assert len(prompt) == length
+    return RulerSample(task, length, answers, positions, prompt)
+
+
+def score(generated: str, answers: Sequence[str]) -> float:
+    """Fraction of ``answers`` found verbatim in ``generated`` (RULER's string_match_all)."""
+    return sum(a in generated for a in answers) / len(answers)
+
+
+Plan = List[Tuple[str, int, List[RulerSample]]]
+
+
+def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_per_cell: int = 1,
+               seed: int = 0) -> Plan:
+    """Every prompt of the run, built and checked (cheap: call it before loading a model)."""
+    if not tasks or not lengths or samples_per_cell < 1:
+        raise EvalError("RULER: give tasks, lengths and samples_per_cell >= 1")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EvalError(f"unknown RULER task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    rng = random.Random(seed)
+    return [(t, n, [build_sample(t, tokenizer, n, rng) for _ in range(samples_per_cell)])
+            for t in tasks for n in lengths]
+
+
+def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Sequence[int],
+              samples_per_cell: int = 1, seed: int = 0, log: Optional[Callable[[str], None]] = print,
+              plan: Optional[Plan] = None) -> Dict:
+    """Score every (task, length) cell; returns {"average", "scores": {task: {str(length): score}}, "cells"}.
+    ``plan``: the prompts from ``plan_ruler`` with the same arguments (built here when None)."""
+    plan = plan if plan is not None else plan_ruler(tokenizer, tasks, lengths, samples_per_cell, seed)
+    total, done, t0 = len(plan) * samples_per_cell, 0, time.time()
+    cells, scores = [], {t: {} for t in tasks}
+    for task, length, samples in plan:
+        outputs = []
+        for s in samples:
+            out = generate(s.prompt_ids, TASKS[task].max_new_tokens)
+            outputs.append({"answers": s.answers, "output": out.strip()[:200], "score": score(out, s.answers)})
+            done += 1
+        cell = sum(o["score"] for o in outputs) / len(outputs)
+        scores[task][str(length)] = cell
+        cells.append({"task": task, "length": length, "score": cell, "samples": outputs})
+        if log:
+            eta = (time.time() - t0) / done * (total - done)
+            log(f"ruler {task} length={length} score={cell:.2f} [{done}/{total}, eta {eta:.0f}s]")
+    average = sum(c["score"] for c in cells) / len(cells)
+    return {"average": average, "tasks": list(tasks), "lengths": [int(n) for n in lengths], "scores": scores,
+            "cells": cells}
+
+
+def hf_generate(model, tokenizer) -> GenerateFn:
+    """Greedy decoding with a transformers causal LM: generate(prompt_ids, max_new_tokens) -> text."""
+    from .niah import hf_generate_fn
+
+    cache: Dict[int, Callable[[List[int]], str]] = {}
+
+    def generate(prompt_ids: List[int], max_new_tokens: int) -> str:
+        if max_new_tokens not in cache:
+            cache[max_new_tokens] = hf_generate_fn(model, tokenizer, max_new_tokens)
+        return cache[max_new_tokens](prompt_ids)
+
+    return generate

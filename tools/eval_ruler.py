@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""RULER-style synthetic long-context tasks (multi-key / multi-value / multi-query NIAH, variable tracking) on an
+exported Hugging Face model.
+
+    python tools/eval_ruler.py --hf hf/llama31-8b-4m --lengths 131072,1048576 --samples 4 --out eval/ruler_4m
+
+Writes <out>/ruler.json (every cell, answer and completion) and <out>/ruler.png (task × length heatmap). Exit 0
+when it ran (whatever the scores; --min-score makes it a gate), 2 on bad input. See docs/eval.md.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv=None) -> int:
+    from megatron_ultralong.eval.ruler import TASKS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hf", required=True, help="directory of a transformers causal LM with its tokenizer files")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
+    p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--samples", type=int, default=1, help="samples per (task, length) cell")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
+    a = p.parse_args(argv)
+
+    from megatron_ultralong.data import atomic_path
+    from megatron_ultralong.eval.plots import ruler_heatmap
+    from megatron_ultralong.eval.ruler import EvalError, hf_generate, plan_ruler, run_ruler
+
+    if not os.path.isfile(os.path.join(a.hf, "config.json")):
+        print(f"error: --hf {a.hf}: no config.json there; point it at an exported HF model directory "
+              f"(python tools/convert_to_hf.py ...)", file=sys.stderr)
+        return 2
+    import torch
+    import transformers
+
+    tasks = [t for t in a.tasks.split(",") if t]
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(a.hf)
+    except (OSError, ValueError) as e:
+        print(f"error: --hf {a.hf}: no loadable tokenizer there ({str(e).splitlines()[0][:120]}); export with "
+              f"tools/convert_to_hf.py --hf-assets <source HF folder> so the tokenizer files are copied",
+              file=sys.stderr)
+        return 2
+    try:
+        plan = plan_ruler(tok, tasks, a.lengths, a.samples, a.seed)  # input errors before the model load
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    res = run_ruler(hf_generate(model.eval(), tok), tok, tasks, a.lengths, a.samples, a.seed, plan=plan)
+    os.makedirs(a.out, exist_ok=True)
+    with atomic_path(os.path.join(a.out, "ruler.json")) as tmp, open(tmp, "w") as f:
+        json.dump({"model": os.path.abspath(a.hf), **res}, f, indent=1)
+    ruler_heatmap(res, os.path.join(a.out, "ruler.png"), title=os.path.basename(os.path.normpath(a.hf)))
+    for t in tasks:
+        print(f"{t:<18} " + "  ".join(f"{n:>9,}: {res['scores'][t][str(n)]:.2f}" for n in a.lengths))
+    print(f"average {res['average']:.1%} over {len(res['cells'])} cells -> {a.out}/ruler.json, ruler.png")
+    if a.min_score is not None and res["average"] < a.min_score:
+        print(f"error: average score {res['average']:.3f} is below --min-score {a.min_score}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
