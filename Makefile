@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(VENV)/.installed
 

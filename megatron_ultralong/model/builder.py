@@ -9,14 +9,14 @@ and the YaRN attention temperature reaches the softmax through ``softmax_scale``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, head_dim
+from ..config import Config, ConfigError, head_dim
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
-from .specs import layer_spec, needs_document_masking, resolve_attention_backend
+from .specs import core_attention_kind, layer_spec, needs_document_masking, resolve_attention_backend
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,6 +88,20 @@ def transformer_config(cfg: Config):
     return TransformerConfig(**kwargs)
 
 
+def check_te_keeps_softmax_scale(cfg: Config, softmax_scale: Optional[float]) -> None:
+    """Transformer Engine < 1.10 has no softmax_scale argument: Megatron then drops ours silently, and with it
+    the YaRN temperature. Refuse that combination (ConfigError) instead of training a different model."""
+    if softmax_scale is None or core_attention_kind(resolve_attention_backend(cfg.model),
+                                                    needs_document_masking(cfg)) != "te":
+        return
+    from megatron.core.utils import get_te_version, is_te_min_version
+
+    if not is_te_min_version("1.10.0"):
+        raise ConfigError(f"Transformer Engine {get_te_version()} ignores softmax_scale (added in 1.10), so the YaRN "
+                          f"attention temperature would be lost; use a newer NVIDIA PyTorch container (TE >= 1.10) "
+                          f"or model.attention_backend=sdpa")
+
+
 def build_model(cfg: Config, pre_process: bool | None = None, post_process: bool | None = None):
     """The GPTModel chunk this rank holds (its pipeline stage, its TP shard), on this rank's device.
 
@@ -100,6 +114,7 @@ def build_model(cfg: Config, pre_process: bool | None = None, post_process: bool
 
     tcfg = transformer_config(cfg)
     m = cfg.model
+    check_te_keeps_softmax_scale(cfg, tcfg.softmax_scale)
     max_len = cfg.yarn.target_length if cfg.yarn.enabled else m.max_position_embeddings
     model = GPTModel(
         config=tcfg,

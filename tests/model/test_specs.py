@@ -46,3 +46,24 @@ def test_masks_follow_the_core_attention_kind():
     assert local[0, 0, 3].tolist() == [True, True, False, False]  # token 3 sees 2..3 only
     with pytest.raises(ValueError, match="document_masking=True"):
         specs.make_attention_mask("te", 4, doc_ids)
+
+
+def test_te_older_than_1_10_is_refused_when_it_would_drop_the_yarn_temperature(monkeypatch):
+    import megatron.core.utils as mcu
+
+    from megatron_ultralong.config import ConfigError
+    from megatron_ultralong.model import builder
+
+    cfg = load_recipe("toy_cpt")  # YaRN x4: a softmax scale that carries the temperature
+    scale = builder.transformer_config(cfg).softmax_scale
+    assert scale is not None
+    monkeypatch.setattr(builder, "resolve_attention_backend", lambda model: "te")
+    monkeypatch.setattr(mcu, "is_te_min_version", lambda v, check_equality=True: False)
+    monkeypatch.setattr(mcu, "get_te_version", lambda: "1.9.0")
+    with pytest.raises(ConfigError, match=r"Engine 1\.9\.0 ignores softmax_scale .* model\.attention_backend=sdpa"):
+        builder.check_te_keeps_softmax_scale(cfg, scale)
+    builder.check_te_keeps_softmax_scale(cfg, None)  # no temperature: nothing to lose
+    masked = load_recipe("toy_cpt", ["data.mask_cross_document=true"])  # te layers run the sdpa core: it keeps it
+    builder.check_te_keeps_softmax_scale(masked, scale)
+    monkeypatch.setattr(mcu, "is_te_min_version", lambda v, check_equality=True: True)
+    builder.check_te_keeps_softmax_scale(cfg, scale)
