@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import inspect
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,6 +444,30 @@ def load_recipe(path: Optional[str | os.PathLike], overrides: Optional[List[str]
     return config_from_dict(data)
 
 
+PATH_KEYS = ("train.run_dir", "checkpoint.dir", "checkpoint.init_from", "data.tokenizer", "data.paths",
+             "data.eval_files", "eval.output_dir")
+"""Recipe keys that hold file-system paths (``absolute_paths`` resolves them)."""
+
+
+def absolute_paths(cfg: Config, base: Optional[str | os.PathLike] = None) -> Config:
+    """A copy of ``cfg`` with every PATH_KEYS value made absolute against ``base`` (default: the working directory).
+    The trainer applies it at launch, so the run's saved config.yaml and checkpoint metadata name the same files
+    from any directory (converters and later stages read them from elsewhere)."""
+    base = os.fspath(base) if base is not None else os.getcwd()
+
+    def absolute(value):
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value))) if value else value
+
+    sections = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = absolute(getattr(getattr(cfg, section), name))
+    return dataclasses.replace(cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **vals)
+                                       for sec, vals in sections.items()})
+
+
 def to_dict(cfg: Config) -> Dict[str, Any]:
     """Plain nested dict (YAML/JSON-serialisable)."""
     return dataclasses.asdict(cfg)
@@ -452,17 +475,10 @@ def to_dict(cfg: Config) -> Dict[str, Any]:
 
 def dump_recipe(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------- validation

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
                "cpt": {"steps": len(recs), "loss_first": first, "loss_last": last, **trained,
                        "checkpoints": list_checkpoints(str(run_dir / "checkpoints")), "yarn_factor": factor},
                "export": exported, "niah": niah, "seconds": {k: round(v, 1) for k, v in times.items()}}
-    from .data import atomic_path
+    from .atomic import atomic_path
 
     with atomic_path(out / "summary.json") as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)

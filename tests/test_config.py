@@ -111,3 +111,20 @@ def test_bad_config_raises_one_line_error_naming_field_and_fix(overrides, world,
 def test_defaults_form_a_valid_config_once_data_is_given():
     cfg = config_from_dict({"data": {"synthetic": "copy"}})
     assert isinstance(validate(cfg, world_size=1), Config)
+
+
+def test_absolute_paths_resolves_every_path_key_against_the_launch_directory(tmp_path):
+    from megatron_ultralong.config import PATH_KEYS, absolute_paths
+
+    cfg = load_recipe("toy_cpt", ["train.run_dir=runs/a", "checkpoint.init_from=../ckpt", "data.tokenizer=tok.model",
+                                  "data.paths=[mix.json,/abs/x]", "data.eval_files=[ev.jsonl]", "eval.output_dir=~/e"])
+    out = absolute_paths(cfg, tmp_path / "w")
+    assert out.train.run_dir == str(tmp_path / "w" / "runs" / "a")
+    assert out.checkpoint.init_from == str(tmp_path / "ckpt")
+    assert out.data.tokenizer == str(tmp_path / "w" / "tok.model")
+    assert out.data.paths == [str(tmp_path / "w" / "mix.json"), "/abs/x"]
+    assert out.data.eval_files == [str(tmp_path / "w" / "ev.jsonl")]
+    assert out.eval.output_dir.startswith("/") and "~" not in out.eval.output_dir
+    assert out.checkpoint.dir is None  # unset stays unset (<run_dir>/checkpoints)
+    assert cfg.train.run_dir == "runs/a"  # a copy: the input is untouched
+    assert len(PATH_KEYS) == 7

@@ -8,7 +8,6 @@ and <out>/hf_assets (source config + tokenizer files, used by tools/convert_to_h
 --tp/--pp are checked against the heads/layers and recorded (the checkpoint reshards to any layout on load).
 Exit 0 on success, 2 on bad input (one line on stderr).
 """
-import argparse
 import os
 import sys
 import warnings
@@ -17,7 +16,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from megatron_ultralong.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="HF model folder: config.json + *.safetensors (+ tokenizer files)")
     p.add_argument("--out", required=True, help="checkpoint directory to create (must not exist, or be empty)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint is meant for")

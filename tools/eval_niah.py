@@ -6,11 +6,9 @@
 Writes <out>/niah.json (every cell and answer) and <out>/niah.png (heatmap). Exit 0 when it ran (whatever the
 accuracy; add --min-accuracy to make it a gate), 2 on bad input.
 """
-import argparse
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -24,18 +22,20 @@ def _ints(text):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from megatron_ultralong.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM with its tokenizer files")
     p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
     p.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="comma-separated depths")
     p.add_argument("--samples", type=int, default=1, help="trials per cell")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this overall accuracy")
     a = p.parse_args(argv)
 
-    from megatron_ultralong.eval.niah import EvalError, hf_generate_fn, run_grid
+    from megatron_ultralong.eval.niah import EvalError, check_grid, hf_generate_fn, run_grid
     from megatron_ultralong.eval.plots import niah_heatmap
 
     if not os.path.isdir(a.hf) or not os.path.isfile(os.path.join(a.hf, "config.json")):
@@ -52,21 +52,22 @@ def main(argv=None) -> int:
               f"tools/convert_to_hf.py --hf-assets <source HF folder> so the tokenizer files are copied",
               file=sys.stderr)
         return 2
+    try:
+        check_grid(tok, a.lengths, a.depths, a.samples)  # input errors before the model load
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
     if torch.cuda.is_available():
         model = model.cuda()
     model.eval()
-    try:
-        grid = run_grid(hf_generate_fn(model, tok), tok, a.lengths, a.depths, a.samples, a.seed)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    grid = run_grid(hf_generate_fn(model, tok), tok, a.lengths, a.depths, a.samples, a.seed)
     os.makedirs(a.out, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=a.out, suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    from megatron_ultralong.atomic import atomic_path
+
+    with atomic_path(os.path.join(a.out, "niah.json")) as tmp, open(tmp, "w") as f:
         json.dump({"model": os.path.abspath(a.hf), **grid}, f, indent=1)
-    os.replace(tmp, os.path.join(a.out, "niah.json"))
     niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=os.path.basename(os.path.normpath(a.hf)))
     print(f"accuracy {grid['accuracy']:.1%} over {len(grid['cells'])} cells -> {a.out}/niah.json, niah.png")
     if a.min_accuracy is not None and grid["accuracy"] < a.min_accuracy:

@@ -8,7 +8,6 @@
 with a text field (tokenized with --tokenizer, default: the tokenizer files in --hf). Writes <out>/perplexity.json
 and <out>/perplexity.png. Exit 0 when it ran, 2 on bad input (one line on stderr). See docs/eval.md.
 """
-import argparse
 import json
 import logging
 import os
@@ -23,7 +22,9 @@ def _ints(text):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from megatron_ultralong.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM (Llama / Qwen2 family)")
     p.add_argument("--data", nargs="+", required=True, help="indexed-dataset prefixes or .jsonl files")
     p.add_argument("--tokenizer", help="for .jsonl data: tokenizer file or folder (default: --hf)")
@@ -32,14 +33,14 @@ def main(argv=None) -> int:
     p.add_argument("--documents", type=int, default=4, help="documents scored per length")
     p.add_argument("--tail", type=int, default=1024, help="tail_ppl covers the last this many predictions")
     p.add_argument("--chunk", type=int, default=4096, help="positions per output-head chunk (memory)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
     p.add_argument("--out", required=True, help="output directory")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # TE/apex absent: irrelevant here
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its dataset readers log every file they open
 
     from megatron_ultralong.config import ConfigError
-    from megatron_ultralong.data import atomic_path
+    from megatron_ultralong.atomic import atomic_path
     from megatron_ultralong.eval.perplexity import (EvalError, documents_from_indexed, documents_from_jsonl,
                                                     hf_nll_fn, perplexity_by_length, plan_windows)
     from megatron_ultralong.eval.plots import perplexity_plot

@@ -1,13 +1,11 @@
 #!/usr/bin/env python3
-"""RULER-style synthetic long-context tasks (multi-key / multi-value / multi-query NIAH, variable tracking) on an
-exported Hugging Face model.
+"""RULER-style long-context tasks (multi-key/value/query NIAH, variable tracking) on an exported HF model.
 
     python tools/eval_ruler.py --hf hf/llama31-8b-4m --lengths 131072,1048576 --samples 4 --out eval/ruler_4m
 
 Writes <out>/ruler.json (every cell, answer and completion) and <out>/ruler.png (task × length heatmap). Exit 0
 when it ran (whatever the scores; --min-score makes it a gate), 2 on bad input. See docs/eval.md.
 """
-import argparse
 import json
 import os
 import sys
@@ -22,18 +20,20 @@ def _ints(text):
 def main(argv=None) -> int:
     from megatron_ultralong.eval.ruler import TASKS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from megatron_ultralong.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM with its tokenizer files")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
     p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
     p.add_argument("--samples", type=int, default=1, help="samples per (task, length) cell")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
     a = p.parse_args(argv)
 
-    from megatron_ultralong.data import atomic_path
+    from megatron_ultralong.atomic import atomic_path
     from megatron_ultralong.eval.plots import ruler_heatmap
     from megatron_ultralong.eval.ruler import EvalError, hf_generate, plan_ruler, run_ruler
 

@@ -463,6 +463,8 @@ def convert_hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtyp
 
     t0 = time.perf_counter()
     _check_dtype(dtype)
+    if tp < 1 or pp < 1:
+        raise ConvertError(f"--tp {tp} --pp {pp}: both must be >= 1")
     hf_dir = os.fspath(hf_dir)
     cfg_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(cfg_path):
@@ -530,6 +532,12 @@ def default_verify_seq_len(cfg: Config) -> int:
     return min(cfg.model.max_position_embeddings, 128)
 
 
+def _check_verify_seq_len(cfg: Config, seq_len: Optional[int]) -> None:
+    longest = cfg.yarn.target_length if cfg.yarn.enabled else cfg.model.max_position_embeddings
+    if seq_len is not None and not 1 <= seq_len <= longest:
+        raise ConvertError(f"--verify-seq-len {seq_len}: must be in [1, {longest}] (the model's context length)")
+
+
 def _read_checkpoint_meta(ckpt: str) -> Tuple[Dict[str, Any], Config]:
     try:
         meta = read_meta(ckpt)
@@ -539,14 +547,16 @@ def _read_checkpoint_meta(ckpt: str) -> Tuple[Dict[str, Any], Config]:
 
 
 def _tokenizer_fallback(cfg: Config, dst: str) -> List[str]:
-    """Tokenizer files named by the recipe's data.tokenizer (a folder, tokenizer.json or a .model file)."""
+    """Tokenizer files named by the recipe's data.tokenizer (a folder, a tokenizer .json or a sentencepiece .model),
+    under the names transformers looks for (``tokenizer.json`` / ``tokenizer.model``)."""
     tok = cfg.data.tokenizer
     if not tok or not os.path.exists(tok):
         return []
     if os.path.isdir(tok):
         return _copy_assets(tok, dst, skip=("config.json",))
-    shutil.copy2(tok, os.path.join(dst, os.path.basename(tok)))
-    return [os.path.basename(tok)]
+    name = {".json": "tokenizer.json", ".model": "tokenizer.model"}.get(os.path.splitext(tok)[1], os.path.basename(tok))
+    shutil.copy2(tok, os.path.join(dst, name))
+    return [name]
 
 
 def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_assets: Optional[str] = None,
@@ -567,6 +577,8 @@ def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_
     meta, cfg = _read_checkpoint_meta(ckpt)
     iter_dir = meta["path"]
     model_cfg = cfg.model
+    if verify:
+        _check_verify_seq_len(cfg, verify_seq_len)
     table = table_for_arch(model_cfg.arch)
     if model_cfg.qkv_bias != table.qkv_bias:
         raise ConvertError(f"{iter_dir}: model.arch={model_cfg.arch!r} with model.qkv_bias={model_cfg.qkv_bias} has "
@@ -624,7 +636,7 @@ def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_
         if verify:
             seq = verify_seq_len or default_verify_seq_len(cfg)
             diff = verify_hf_against_megatron(tmp, iter_dir, seq_len=seq, attention_backend=verify_backend,
-                                              progress=progress)
+                                              progress=progress, weights_dtype=dtype)
             _log(f"verify: max |logits_hf - logits_megatron| = {diff:.3e} over {seq} tokens "
                  f"(tolerance {verify_tol:g})", progress)
             if not diff <= verify_tol:
@@ -637,10 +649,13 @@ def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_
 
 # ---------------------------------------------------------------------------------------------- verify
 def verify_hf_against_megatron(hf_dir: str, ckpt: str, seq_len: Optional[int] = None, batch_size: int = 1,
-                               seed: int = 0, attention_backend: str = "sdpa", progress: bool = True) -> float:
+                               seed: int = 0, attention_backend: str = "sdpa", progress: bool = True,
+                               weights_dtype: Optional[str] = None) -> float:
     """Max |logits| difference between ``transformers`` on ``hf_dir`` and the Megatron model of ``ckpt`` (built
-    from the checkpoint's config, fp32, one process) on a random batch [batch_size, seq_len]. Both models are
-    fp32; the Megatron one is freed before the HF one is loaded."""
+    from the checkpoint's config, fp32, one process) on a random batch [batch_size, seq_len]. Both models run in
+    fp32; the Megatron one is freed before the HF one is loaded. ``weights_dtype``: the dtype the export was
+    written in — the Megatron weights are rounded through it first, so what is checked is the conversion, not the
+    precision the user chose to drop (an fp32 checkpoint exported as bf16)."""
     import transformers
 
     from ..checkpoint import load_checkpoint
@@ -660,6 +675,11 @@ def verify_hf_against_megatron(hf_dir: str, ckpt: str, seq_len: Optional[int] = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's DCP deprecation notes
             load_checkpoint(ckpt, [model])
+        if weights_dtype is not None:
+            from ..model.builder import DTYPES as TORCH_DTYPES
+
+            for param in model.parameters():
+                param.copy_(param.to(TORCH_DTYPES[weights_dtype]).float())
         model.eval()
         backend = resolve_attention_backend(verify_cfg.model)
         positions = torch.arange(seq_len).expand(batch_size, seq_len)

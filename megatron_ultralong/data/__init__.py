@@ -16,44 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
+from ..atomic import atomic_path  # noqa: F401 (re-exported: the data modules write through it)
 from ..config import ConfigError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # mkstemp creates 0600 files; outputs get the usual permissions
 
 
 class DataError(ConfigError):
     """Bad data input (file, record, tokenizer, dataset): one line with what, where (file:line) and the fix.
 
     A ConfigError (hence a ValueError), so the trainer's CLI reports it as bad input (exit 2, no traceback)."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` (os.replace), on error it is
-    removed — readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def remove_quietly(path: str | os.PathLike) -> None:

@@ -71,11 +71,20 @@ def score_answer(generated: str, passkey: str) -> bool:
     return bool(m) and m.group(0) == passkey
 
 
+def check_grid(tokenizer, lengths: Sequence[int], depths: Sequence[float], samples_per_cell: int = 1) -> None:
+    """EvalError for a grid that cannot run (empty, a depth outside [0, 1], a length shorter than the prompt
+    skeleton); cheap: call it before loading a model."""
+    if not lengths or not depths or samples_per_cell < 1:
+        raise EvalError("the NIAH grid is empty: give lengths, depths and samples >= 1 (--lengths / --depths / "
+                        "--samples)")
+    for depth in depths:
+        build_sample(tokenizer, min(lengths), depth, "12345")
+
+
 def run_grid(generate: Callable[[List[int]], str], tokenizer, lengths: Sequence[int], depths: Sequence[float],
              samples_per_cell: int = 1, seed: int = 0, log: Optional[Callable[[str], None]] = print) -> Dict:
     """Evaluate every (length, depth) cell; returns {"accuracy", "cells": [...], "lengths", "depths"}."""
-    if not lengths or not depths or samples_per_cell < 1:
-        raise EvalError("the NIAH grid is empty: give eval.lengths, eval.depths and samples_per_cell >= 1")
+    check_grid(tokenizer, lengths, depths, samples_per_cell)
     rng = random.Random(seed)
     cells, total, done, t0 = [], len(lengths) * len(depths) * samples_per_cell, 0, time.time()
     for length in lengths:

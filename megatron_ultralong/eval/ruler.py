@@ -70,6 +70,14 @@ _VT_QUESTION = ("\nQuestion: Find all variables that are assigned the value {val
                 "the value {value}, they are:")
 
 
+class RulerLengthError(EvalError):
+    """A context length too short for a task's fixed text; ``needed`` is the shortest that fits."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed
+
+
 @dataclass
 class RulerSample:
     """One prompt and what a correct completion contains."""
@@ -146,8 +154,8 @@ def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: 
     fixed = len(intro_ids) + sum(map(len, stmt_ids)) + len(question_ids)
     budget = length - fixed
     if budget < 0 or not sentence:
-        raise EvalError(f"{task}: context length {length} is shorter than the task's fixed text ({fixed} tokens); "
-                        f"use lengths >= {fixed + len(sentence)}")
+        raise RulerLengthError(f"{task}: context length {length} is shorter than the task's fixed text ({fixed} "
+                               f"tokens); use lengths >= {fixed + len(sentence)}", fixed + len(sentence))
     reps, rest = divmod(budget, len(sentence))
     haystack = sentence * reps + sentence[:rest]
     k = len(stmt_ids)
@@ -180,8 +188,20 @@ def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_
     if unknown:
         raise EvalError(f"unknown RULER task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     rng = random.Random(seed)
-    return [(t, n, [build_sample(t, tokenizer, n, rng) for _ in range(samples_per_cell)])
-            for t in tasks for n in lengths]
+    plan, short = [], {}
+    for t in tasks:
+        for n in lengths:
+            samples = []
+            for _ in range(samples_per_cell):
+                try:
+                    samples.append(build_sample(t, tokenizer, n, rng))
+                except RulerLengthError as e:  # keep going: the message names every task and the length all need
+                    short[t] = max(short.get(t, 0), e.needed)
+            plan.append((t, n, samples))
+    if short:
+        raise EvalError(f"context length {min(lengths)} is shorter than the fixed text of {', '.join(short)}: use "
+                        f"lengths >= {max(short.values())} (or leave those tasks out with --tasks)")
+    return plan
 
 
 def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Sequence[int],

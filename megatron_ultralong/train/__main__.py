@@ -11,7 +11,6 @@ line on stderr); 1 anything else. torchrun turns any non-zero worker exit into i
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -20,14 +19,9 @@ import traceback
 import warnings
 
 from ..checkpoint import CheckpointError, find_latest, read_meta
-from ..config import ConfigError, checkpoint_dir, describe, load_recipe, validate
+from ..cli import OneLineParser
+from ..config import ConfigError, absolute_paths, checkpoint_dir, describe, load_recipe, validate
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + message; a bad command line is bad input: one line
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def _route_library_chatter_to_stdout() -> None:
@@ -62,7 +56,7 @@ def preflight(cfg) -> None:
 
 
 def main(argv=None) -> int:
-    parser = _OneLineParser(prog="python -m megatron_ultralong.train",
+    parser = OneLineParser(prog="python -m megatron_ultralong.train",
                             description="CPT / SFT training on Megatron-Core from a YAML recipe.")
     parser.add_argument("--config", help="recipe: a .yaml path or a packaged recipe name (e.g. toy_cpt, cpt_1m)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10 parallel.tp=2")
@@ -74,7 +68,8 @@ def main(argv=None) -> int:
     if not args.config:
         parser.error("--config is required")
     try:
-        cfg = validate(load_recipe(args.config, args.overrides))  # world-size checks follow in init_distributed
+        # paths absolute from here on: config.yaml and the checkpoints name the same files from any directory
+        cfg = validate(absolute_paths(load_recipe(args.config, args.overrides)))  # world size: init_distributed
         preflight(cfg)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -45,6 +45,19 @@ def test_cli_round_trip_verifies_and_bad_input_exits_with_one_line(tmp_path):
     assert p.returncode == 2 and "no config.json" in _one_error_line(p)
     p = run_tool("convert_to_hf.py", "--ckpt", tmp_path / "hf", "--out", tmp_path / "y", "--quiet")
     assert p.returncode == 2 and "not a checkpoint" in _one_error_line(p)
+    p = run_tool("convert_from_hf.py", "--hf", tmp_path / "hf", "--out", tmp_path / "x", "--tp", "0", "--quiet")
+    assert p.returncode == 2 and "--tp 0 --pp 1: both must be >= 1" in _one_error_line(p)
+    p = run_tool("convert_to_hf.py", "--ckpt", tmp_path / "ckpt", "--out", tmp_path / "y", "--verify",
+                 "--verify-seq-len", "100000", "--quiet")
+    assert p.returncode == 2 and "--verify-seq-len 100000: must be in [1, " in _one_error_line(p)
+    p = run_tool("convert_to_hf.py", "--ckpt", tmp_path / "ckpt", "--out", tmp_path / "y", "--bogus")
+    assert p.returncode == 2 and "unrecognized arguments: --bogus" in _one_error_line(p)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # an fp32 checkpoint exported in bf16 verifies: the check measures the conversion, not the chosen rounding
+    p = run_tool("convert_to_hf.py", "--ckpt", tmp_path / "ckpt", "--out", tmp_path / "bf16", "--dtype", "bf16",
+                 "--verify", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert float(re.search(r"max abs logit diff ([0-9.e+-]+)", p.stdout).group(1)) < 1e-4
 
 
 def _cli_with_disagreeing_model(argv):
@@ -115,3 +128,19 @@ def test_yarn_cpt_run_export_verifies_beyond_the_original_window(cpt_run, tmp_pa
     diff = float(re.search(r"max abs logit diff ([0-9.e+-]+)", p.stdout).group(1))
     assert diff < 1e-4
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_scaling"]["rope_type"] == "yarn"
+
+
+def test_recipe_tokenizer_is_exported_under_the_name_transformers_loads(tmp_path):
+    from megatron_ultralong.config import load_recipe
+    from megatron_ultralong.convert.hf import _tokenizer_fallback
+    from megatron_ultralong.data.synthetic import synthetic_documents, train_sentencepiece
+    from megatron_ultralong.data.tokenizer import load_tokenizer
+
+    spm = train_sentencepiece(list(synthetic_documents("web", 40, seed=0)), tmp_path / "my_spm", vocab_size=512)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert _tokenizer_fallback(load_recipe("toy_cpt", [f"data.tokenizer={spm}"]), str(out)) == ["tokenizer.model"]
+    text = "Hello there, the sky is blue and 12345 is a number."
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.encode(text, add_special_tokens=False) == load_tokenizer(spm).encode(text)

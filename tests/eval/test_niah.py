@@ -94,3 +94,7 @@ def test_cli_runs_a_tiny_hf_model_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "tools/eval_niah.py", "--hf", str(tmp_path / "nope"), "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no config.json" in bad.stderr
+    short = subprocess.run([sys.executable, "tools/eval_niah.py", "--hf", str(model_dir), "--lengths", "20",
+                            "--out", str(tmp_path / "short")], capture_output=True, text=True)
+    assert short.returncode == 2 and short.stderr.count("\n") == 1 and "shorter than the prompt skeleton" in short.stderr
+    assert not (tmp_path / "short").exists()

@@ -71,7 +71,12 @@ def test_oracle_scores_100_percent_wrong_answers_zero_and_half_the_values_half()
 
 def test_bad_input_is_refused_before_any_generation():
     with pytest.raises(EvalError, match=r"niah_multivalue: context length 100 is shorter .* use lengths >= \d+"):
-        plan_ruler(TOK, ["niah_multivalue"], [100])
+        build_sample("niah_multivalue", TOK, 100, random.Random(0))
+    with pytest.raises(EvalError) as err:  # one message for every task that does not fit, with a length that does
+        plan_ruler(TOK, list(TASKS), [300, 5000])
+    needed = int(re.search(r"use lengths >= (\d+)", str(err.value)).group(1))
+    assert "niah_multivalue" in str(err.value) and "variable_tracking" in str(err.value)
+    assert len(plan_ruler(TOK, list(TASKS), [needed])) == len(TASKS)
     with pytest.raises(EvalError, match="unknown RULER task.*niah_single"):
         plan_ruler(TOK, ["qa_squad"], [1000])
 
@@ -102,7 +107,7 @@ def test_cli_runs_every_task_on_a_tiny_model_and_writes_json_and_heatmap(tmp_pat
     assert (out / "ruler.png").stat().st_size > 0
     bad = subprocess.run([sys.executable, "tools/eval_ruler.py", "--hf", str(model_dir), "--lengths", "50",
                           "--out", str(out)], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "shorter than the task's fixed text" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "use lengths >= " in bad.stderr
     (tmp_path / "no_tok").mkdir()
     shutil.copy(model_dir / "config.json", tmp_path / "no_tok" / "config.json")
     no_tok = subprocess.run([sys.executable, "tools/eval_ruler.py", "--hf", str(tmp_path / "no_tok"), "--out", str(out)],

@@ -66,13 +66,13 @@ def test_container_mode_from_the_checkout_mounts_it_once(tmp_path):
 
 
 def test_bare_mode_srun_command_with_extra_srun_args(tmp_path):
-    master, argv = dry_run("cpt_1m.sh", "data.paths=[/data/cpt_mix]", cwd=tmp_path,
+    master, argv = dry_run("cpt_1m.sh", "data.paths=[/data/cpt_mix.json]", cwd=tmp_path,
                            ULTRALONG_SRUN_ARGS="--mpi=pmix --label", ULTRALONG_MASTER_PORT="40000",
                            MASTER_ADDR="stale-host", MASTER_PORT="1234", **JOB_32_NODES)  # from the user's shell
     assert master == "MASTER_ADDR=gpu007 MASTER_PORT=40000"
     assert argv == ["srun", "--nodes=32", "--ntasks=32", "--ntasks-per-node=1", "--cpus-per-task=224",
                     "--mpi=pmix", "--label",
-                    *launch_argv("--config", "cpt_1m", "train.run_dir=runs/cpt_1m", "data.paths=[/data/cpt_mix]")]
+                    *launch_argv("--config", "cpt_1m", "train.run_dir=runs/cpt_1m", "data.paths=[/data/cpt_mix.json]")]
 
 
 @pytest.mark.parametrize("script, recipe, run_dir, init_from", [
