@@ -10,27 +10,23 @@
 
 Exit 0 on success, 2 on bad input (one line on stderr, nothing partial left behind). See docs/data.md.
 """
-import argparse
-import json
 import logging
+import math
 import os
 import sys
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-EXIT_BAD_INPUT = 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # a bad command line is bad input: one line, exit 2
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+from megatron_ultralong.cli import EXIT_BAD_INPUT, OneLineParser  # noqa: E402 (after the path insert)
 
 
 def _text(a):
+    from megatron_ultralong.data import DataError
     from megatron_ultralong.data.preprocess import preprocess_text
 
+    if a.shard_mb < 1:  # before anything is created
+        raise DataError(f"--shard-mb {a.shard_mb}: the shard size must be at least 1 (MiB); the default is 64")
     s = preprocess_text(a.input, a.tokenizer, a.output_dir, text_key=a.text_key, source_key=a.source_key or None,
                         workers=a.workers, shard_bytes=a.shard_mb << 20, overwrite=a.overwrite,
                         progress=not a.quiet)
@@ -42,14 +38,20 @@ def _text(a):
 
 
 def _mixture(a):
+    from megatron_ultralong.data import DataError
     from megatron_ultralong.data.mixture import (MixtureParams, build_mixture, report_table, resolve_sources,
                                                  write_mixture)
 
     if not a.output.endswith(".json"):  # before the (possibly long) build
         print(f"error: --output {a.output}: use a .json file name (sidecars take the same stem)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    budget = a.token_budget
+    if budget is not None and not (math.isfinite(budget) and budget >= 1):  # 0 is not "one pass": omit the flag
+        raise DataError(f"--token-budget {budget:g}: the budget must be at least 1 token (e.g. 1e9); omit the flag "
+                        f"for one pass over the data with the sampling weights")
     params = MixtureParams(a.short_threshold, a.long_threshold, a.short_keep_ratio, a.long_upsample,
-                           int(a.token_budget) if a.token_budget else None, a.seed)
+                           None if budget is None else int(budget), a.seed)
+    params.check()  # before reading the sources
     mix = build_mixture(resolve_sources(a.inputs), params)
     files = write_mixture(mix, a.output, plot=not a.no_plot)
     print(report_table(mix.report))
@@ -68,9 +70,15 @@ def _chat(a):
 
 
 def _synthetic(a):
-    from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl, write_synthetic_corpus
+    from megatron_ultralong.data import DataError
+    from megatron_ultralong.data.synthetic import (check_length_scale, parse_docs_per_source, synthetic_chat_samples,
+                                                   write_jsonl, write_synthetic_corpus)
 
-    sizes = json.loads(a.docs_per_source) if a.docs_per_source else None
+    # everything is checked before the first file is written (write_synthetic_corpus checks the rest first)
+    sizes = parse_docs_per_source(a.docs_per_source) if a.docs_per_source is not None else None
+    if a.chat_samples < 1:
+        raise DataError(f"--chat-samples {a.chat_samples}: must be >= 1 (default 300)")
+    check_length_scale(a.length_scale, "--length-scale")
     paths = write_synthetic_corpus(a.output_dir, sizes, seed=a.seed, length_scale=a.length_scale,
                                    per_source_files=a.per_source_files)
     paths.append(write_jsonl(os.path.join(a.output_dir, "chat.jsonl"), synthetic_chat_samples(a.chat_samples, a.seed)))
@@ -78,8 +86,8 @@ def _synthetic(a):
 
 
 def main(argv=None) -> int:
-    p = _OneLineParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_OneLineParser)
+    p = OneLineParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
 
     t = sub.add_parser("text", help="jsonl/parquet text → one Megatron indexed dataset per source")
     t.add_argument("--input", nargs="+", required=True, help="files (.jsonl, .jsonl.gz, .parquet) or directories")

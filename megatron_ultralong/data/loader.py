@@ -20,6 +20,8 @@ Sources, by config:
 - ``train.mode=sft``: ``data.paths`` = chat jsonl files (tokenized here with data.tokenizer and
   data.chat_template, decontaminated against data.eval_files) or SFT prefixes from ``preprocess_data.py chat``.
   Samples are packed whole (seeded first-fit); the window order is reshuffled every epoch.
+- Each mode refuses the other's datasets with a one-line hint (an SFT prefix given to CPT: "train.mode=sft"; a
+  text dataset given to SFT: "train.mode=cpt"), and a mixture path without ``.json`` names the manifest.
 
 Attention masking across documents/samples is on when ``data.mask_cross_document`` or ``train.mode == 'sft'``:
 then position ids restart per segment and labels in another segment carry no loss (``packing.window_to_sample``).
@@ -32,7 +34,9 @@ data is always in-process: it costs less than the inter-process copy).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -144,6 +148,26 @@ class PackedSamplesSource:
                 + (f", {len(self.dropped)} longer than the window dropped" if self.dropped else ""))
 
 
+def _is_text_dataset(path: str) -> bool:
+    """Whether ``path`` is a ``preprocess_data.py text`` output directory, or one of its source prefixes (listed
+    in the ``summary.json`` beside it) — CPT text, never an SFT dataset."""
+    from .mixture import sft_summary_path
+    from .preprocess import FORMAT as TEXT_FORMAT
+
+    if sft_summary_path(path):
+        return False
+    folder, name = (path, None) if os.path.isdir(path) else (os.path.dirname(path) or ".", os.path.basename(path))
+    try:
+        with open(os.path.join(folder, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or summary.get("format") != TEXT_FORMAT:
+        return False
+    return name is None or any(isinstance(v, dict) and v.get("prefix") == name
+                               for v in (summary.get("sources") or {}).values())
+
+
 class _IndexedSamples:
     """get(i) → (tokens, target) of an SFT indexed dataset, opened lazily per process."""
 
@@ -154,6 +178,10 @@ class _IndexedSamples:
         self.index: List[Tuple[int, int]] = []
         self.lengths: List[int] = []
         for p, prefix in enumerate(self.prefixes):
+            if _is_text_dataset(prefix):
+                raise DataError(f"data path {prefix!r} is CPT text from tools/preprocess_data.py text, not an SFT "
+                                f"dataset; train on it with train.mode=cpt, or build SFT data with "
+                                f"tools/preprocess_data.py chat")
             ds = open_indexed_dataset(prefix)
             docs = np.array(ds.document_indices)  # copies: the views die with ds's mmap
             if len(docs) < 2 or not np.array_equal(docs, np.arange(0, len(docs) * 2 - 1, 2)):
@@ -190,7 +218,8 @@ def _tokenizer(cfg: Config):
 
 
 def _cpt_source(cfg: Config):
-    from .mixture import MixtureParams, build_mixture, load_mixture, report_table, resolve_sources
+    from .mixture import (MixtureParams, build_mixture, check_not_sft_dataset, load_mixture, report_table,
+                          resolve_sources)
     from .preprocess import read_document_lengths
 
     d = cfg.data
@@ -204,6 +233,8 @@ def _cpt_source(cfg: Config):
                           "dedicated separator is used) or data.separator_id")
     if len(d.paths) == 1 and d.paths[0].endswith(".json"):
         mix = load_mixture(d.paths[0])
+        for prefix in mix.prefixes:  # resolve_sources checks the other paths; a manifest may predate that check
+            check_not_sft_dataset(prefix)
     else:
         mix = build_mixture(resolve_sources(d.paths), MixtureParams.from_data_config(d, cfg.train.seed))
         log.info("mixture built from %s:\n%s", d.paths, report_table(mix.report))

@@ -75,7 +75,8 @@ class MixtureParams:
             raise DataError(f"short_keep_ratio={self.short_keep_ratio} must be in (0, 1] and long_upsample="
                             f"{self.long_upsample} >= 1")
         if self.token_budget is not None and self.token_budget <= 0:
-            raise DataError(f"token_budget={self.token_budget}: must be > 0 or unset")
+            raise DataError(f"token_budget={self.token_budget}: must be > 0 tokens; leave it unset (null) for one "
+                            f"pass over the data with the sampling weights")
 
     def weights(self) -> np.ndarray:
         """Sampling weight per bucket (short, mid, long)."""
@@ -108,7 +109,14 @@ def resolve_sources(paths: Sequence[str]) -> List[Tuple[str, str]]:
         if os.path.isdir(p):
             out += sorted(source_prefixes(p).items())
         elif os.path.isfile(p + ".idx") or os.path.isfile(p + ".bin"):
+            check_not_sft_dataset(p)
             out.append((os.path.basename(p), p))
+        elif p.endswith(".json") and os.path.isfile(p):
+            raise DataError(f"data path {p!r} is a .json file among other data paths; a mixture manifest must be "
+                            f"the only entry of data.paths (data.paths=[{p}])")
+        elif os.path.isfile(p + ".json"):
+            raise DataError(f"data path {p!r} is neither a preprocessing output directory nor a dataset prefix; "
+                            f"did you mean {p}.json (a mixture manifest)? give data.paths=[{p}.json]")
         else:
             raise DataError(f"data path {p!r} is neither a preprocessing output directory nor a dataset prefix "
                             f"(no {p}.idx); give prefixes without .bin/.idx or run tools/preprocess_data.py")
@@ -118,6 +126,46 @@ def resolve_sources(paths: Sequence[str]) -> List[Tuple[str, str]]:
     if not out:
         raise DataError("no data sources given")
     return out
+
+
+def sft_summary_path(prefix: str | os.PathLike) -> Optional[str]:
+    """``<prefix>.summary.json`` when it marks ``prefix`` as an SFT dataset written by ``preprocess_data.py chat``
+    (format ``megatron-ultralong-sft``: chat samples stored as token / 0-1 target sequence pairs), else None.
+    Text datasets never have one: their summary is ``summary.json`` of the whole output directory."""
+    from .sft import FORMAT as SFT_FORMAT
+
+    path = f"{prefix}.summary.json"
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(summary, dict) and summary.get("format") == SFT_FORMAT else None
+
+
+def _sft_layout(prefix: str | os.PathLike) -> bool:
+    """Whether the ``.idx`` has the SFT layout: every document exactly two sequences of equal length (tokens,
+    targets). Text datasets hold one sequence per document, so this catches an SFT dataset whose summary was lost."""
+    from .preprocess import open_indexed_dataset
+
+    ds = open_indexed_dataset(prefix)
+    docs, lengths = np.asarray(ds.document_indices), np.asarray(ds.sequence_lengths)
+    sft = (len(lengths) >= 2 and len(lengths) % 2 == 0 and len(docs) == len(lengths) // 2 + 1
+           and np.array_equal(docs, np.arange(0, len(lengths) + 1, 2)) and np.array_equal(lengths[0::2], lengths[1::2]))
+    del docs, lengths, ds  # the arrays are views of the dataset's mmap
+    return bool(sft)
+
+
+def check_not_sft_dataset(prefix: str | os.PathLike) -> None:
+    """DataError if ``prefix`` is an SFT dataset from ``preprocess_data.py chat`` (its ``<prefix>.summary.json``
+    says so, or its index has the SFT layout): its sequences alternate tokens and 0/1 loss targets, which CPT
+    would read as documents — training on the target flags as text."""
+    marker = sft_summary_path(prefix)
+    if marker or _sft_layout(prefix):
+        seen = f"see {marker}" if marker else "each document is a tokens/targets pair"
+        raise DataError(f"data path {str(prefix)!r} is an SFT dataset (chat samples with loss targets; {seen}), not "
+                        f"CPT text; train on it with train.mode=sft, or give text datasets from "
+                        f"tools/preprocess_data.py text")
 
 
 def length_buckets(lengths: np.ndarray, params: MixtureParams) -> np.ndarray:

@@ -17,7 +17,9 @@ it starts —, whole .gz files, groups of parquet row groups). Workers tokenize 
 ``.work-*/<shard>`` folders, each renamed into place only when complete; a re-run with the same inputs and
 settings skips finished shards (resume after a kill). The shards are then concatenated per source in input
 order, so the result does not depend on ``--workers``. Bad input (missing text field, invalid JSON, empty
-file, unknown tokenizer) raises DataError naming file:line and removes everything this run created.
+file, unknown tokenizer) raises DataError naming file:line and removes everything this run created; a shard size
+below 1 byte or an output directory that cannot be created is refused before anything is created. The
+fingerprint of a run uses real paths, so the same command typed from another directory finds its output.
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
 def plan_shards(files: Sequence[str], shard_bytes: int = SHARD_BYTES) -> List[Shard]:
     """Cut the inputs into shards of about ``shard_bytes``. Empty files are an error (a wrong path or a failed
     download is likelier than an intentional empty input)."""
+    if shard_bytes < 1:
+        raise DataError(f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1 or more (default 64)")
     shards: List[Shard] = []
     for f in files:
         kind, size, stem = _kind(f), os.path.getsize(f), _stem(f)
@@ -335,10 +339,26 @@ def _process_shard(shard: Shard, work_dir: str, text_key: str, source_key: Optio
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def make_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the output folder ``path`` (and its parents): DataError naming ``what`` (the option) when it
+    cannot be, e.g. a path component is a file."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((str(q) for q in [out, *out.parents] if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or type(e).__name__)
+        raise DataError(f"{what} {path}: cannot create this directory ({why}); choose another path") from None
+    return out
+
+
 def _fingerprint(files: Sequence[str], tokenizer_file: str, text_key: str, source_key: Optional[str]) -> str:
+    """Identity of a run's inputs and settings. Paths enter as resolved real paths, so the same files give the
+    same fingerprint however they were typed (relative, absolute, through a symlink, from another directory)."""
     def ident(p):
-        st = os.stat(p)
-        return [p, st.st_size, st.st_mtime_ns]
+        real = os.path.realpath(p)
+        st = os.stat(real)
+        return [real, st.st_size, st.st_mtime_ns]
 
     blob = json.dumps({"inputs": [ident(f) for f in files], "tokenizer": ident(tokenizer_file),
                        "text_key": text_key, "source_key": source_key, "format": FORMAT}, sort_keys=True)
@@ -494,6 +514,8 @@ def preprocess_text(inputs: Sequence[str], tokenizer: str, output_dir: str, *, t
     t0 = time.perf_counter()
     if workers < 1:
         raise DataError(f"--workers={workers}: must be >= 1")
+    if shard_bytes < 1:  # before anything is created (the CLI's --shard-mb is in MiB, so its minimum is 1)
+        raise DataError(f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1 or more (default 64)")
     files = expand_inputs(inputs)
     tokenizer_file = resolve_tokenizer_file(tokenizer)
     tok = load_tokenizer(tokenizer_file)
@@ -514,7 +536,7 @@ def preprocess_text(inputs: Sequence[str], tokenizer: str, output_dir: str, *, t
         raise DataError(f"{output_dir} already holds a dataset built from other inputs or settings; choose another "
                         f"--output-dir or pass --overwrite")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--output-dir")
     work = out / f".work-{fp[:16]}"
     written: List[Path] = []
     try:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import DataError, atomic_path, remove_quietly
 from .packing import PackedWindows, pack_whole_samples
+from .preprocess import make_output_dir
 from .tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,7 @@ def preprocess_chat(inputs: Sequence[str], tokenizer: str, output_prefix: str, *
         raise DataError(f"no sample of {', '.join(inputs)} has an assistant message left; nothing to train on")
     dtype = np.dtype(DType.optimal_dtype(tok.vocab_size))
     prefix = Path(output_prefix)
+    make_output_dir(prefix.parent, "--output-prefix folder")  # one-line error if e.g. a path component is a file
     written: List[Path] = []
     try:
         with atomic_path(f"{prefix}.bin") as tmp_bin, atomic_path(f"{prefix}.idx") as tmp_idx:

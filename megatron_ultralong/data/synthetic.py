@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import atomic_path
+from . import DataError, atomic_path
 
 LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 """Chat-format tokens a small sentencepiece model needs for the built-in Llama-3 template."""
@@ -104,6 +103,12 @@ def synthetic_document(source: str, rng: np.random.Generator, mean_words: Option
     return _STYLE_WRITERS.get(source, _prose)(rng, n)
 
 
+def check_length_scale(length_scale: float, what: str = "length_scale") -> None:
+    """DataError unless ``length_scale`` is a finite number > 0."""
+    if not (isinstance(length_scale, (int, float)) and np.isfinite(length_scale) and length_scale > 0):
+        raise DataError(f"{what} {length_scale!r}: must be a number > 0 (1 = the built-in document lengths)")
+
+
 def synthetic_documents(source: str, n_docs: int, seed: int = 0, length_scale: float = 1.0) -> Iterator[str]:
     """``n_docs`` documents of one source, deterministic in (source, seed); ``length_scale`` multiplies lengths."""
     rng = np.random.default_rng([seed, sum(map(ord, source))])
@@ -112,13 +117,47 @@ def synthetic_documents(source: str, n_docs: int, seed: int = 0, length_scale: f
         yield synthetic_document(source, rng, median)
 
 
+DEFAULT_DOCS_PER_SOURCE = {"web": 400, "books": 100, "code": 200, "math": 150}
+
+
+def parse_docs_per_source(text: str) -> Dict[str, int]:
+    """``--docs-per-source`` JSON (``'{"web": 400, "code": 200}'``) → {source: documents}; DataError if it is not
+    a JSON object of positive integer counts."""
+    try:
+        sizes = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--docs-per-source {text!r}: invalid JSON ({e.msg} at column {e.colno}); quote the source "
+                        f"names, e.g. '{{\"web\": 400, \"code\": 200}}'") from None
+    if not isinstance(sizes, dict):
+        raise DataError(f"--docs-per-source {text!r}: expected a JSON object of source → documents, got "
+                        f"{type(sizes).__name__}; e.g. '{{\"web\": 400, \"code\": 200}}'")
+    check_docs_per_source(sizes, "--docs-per-source")
+    return sizes
+
+
+def check_docs_per_source(sizes: Dict[str, int], what: str = "docs_per_source") -> None:
+    """DataError unless ``sizes`` maps at least one non-empty source name to a positive integer count."""
+    if not sizes:
+        raise DataError(f"{what}: no sources given; name at least one, e.g. {{\"web\": 400}}")
+    for name, n in sizes.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{what}: source name {name!r} must be a non-empty string")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise DataError(f"{what}: {name!r}: {n!r} documents; each count must be a positive integer (leave a "
+                            f"source out instead of giving it 0)")
+
+
 def write_synthetic_corpus(out_dir: str | os.PathLike, docs_per_source: Optional[Dict[str, int]] = None,
                            seed: int = 0, length_scale: float = 1.0, per_source_files: bool = False) -> List[str]:
     """Write jsonl records ``{"text": ..., "source": ...}``: one ``corpus.jsonl`` with the sources interleaved
-    (default), or ``<source>.jsonl`` per source. Returns the written paths."""
-    docs_per_source = docs_per_source or {"web": 400, "books": 100, "code": 200, "math": 150}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (default), or ``<source>.jsonl`` per source. Returns the written paths. DataError on non-positive counts or
+    length scale, or an output directory that cannot be created (checked before anything is written)."""
+    from .preprocess import make_output_dir
+
+    docs_per_source = DEFAULT_DOCS_PER_SOURCE if docs_per_source is None else docs_per_source
+    check_docs_per_source(docs_per_source)
+    check_length_scale(length_scale)
+    out = make_output_dir(out_dir, "output directory")
     records = {s: [{"text": t, "source": s} for t in synthetic_documents(s, n, seed, length_scale)]
                for s, n in docs_per_source.items()}
     if per_source_files:

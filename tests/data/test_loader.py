@@ -224,3 +224,40 @@ def test_bad_loader_inputs_raise_one_line_errors(indexed, spm_model, tmp_path, c
         f.truncate(40)
     with pytest.raises(DataError, match=r"web\.idx: corrupt"):
         build_train_iterator(_cpt_cfg(str(broken / "web"), spm_model), 0, 1)
+
+
+def test_a_dataset_of_the_other_mode_is_refused_with_a_hint_to_the_right_train_mode(indexed, spm_model, chat,
+                                                                                     tmp_path):
+    from megatron_ultralong.data.mixture import MixtureParams, build_mixture, write_mixture
+    from megatron_ultralong.data.sft import preprocess_chat
+
+    sft = str(tmp_path / "sft" / "train")
+    preprocess_chat([chat], spm_model, sft)
+    with pytest.raises(DataError, match=r"is an SFT dataset .* not CPT text; train on it with train\.mode=sft") as e:
+        build_train_iterator(_cpt_cfg(sft, spm_model), 0, 1)
+    assert "\n" not in str(e.value)
+    # an SFT prefix beside a text preprocessing output is still SFT data
+    shutil.copytree(indexed, tmp_path / "both")
+    preprocess_chat([chat], spm_model, str(tmp_path / "both" / "sft"))
+    assert build_source(_sft_cfg(tmp_path / "both" / "sft", spm_model)).num_samples == 40
+    for text in (f"{indexed}/web", indexed):
+        with pytest.raises(DataError, match=r"is CPT text from tools/preprocess_data\.py text, not an SFT dataset; "
+                                            r"train on it with train\.mode=cpt"):
+            build_train_iterator(_sft_cfg(text, spm_model), 0, 1)
+    # a manifest that names an SFT dataset (written before resolve_sources refused them) is refused as well
+    mix = build_mixture([("web", f"{indexed}/web")], MixtureParams(short_threshold=150, long_threshold=600))
+    mix.prefixes = [sft]
+    write_mixture(mix, tmp_path / "bad_mix.json", plot=False)
+    with pytest.raises(DataError, match="is an SFT dataset"):
+        build_train_iterator(_cpt_cfg(tmp_path / "bad_mix.json", spm_model), 0, 1)
+
+
+def test_a_mixture_manifest_given_without_json_is_pointed_at(indexed, spm_model, tmp_path):
+    from megatron_ultralong.data.mixture import MixtureParams, build_mixture, resolve_sources, write_mixture
+
+    mix = build_mixture(resolve_sources([indexed]), MixtureParams(short_threshold=150, long_threshold=600))
+    write_mixture(mix, tmp_path / "mix" / "cpt_mix.json", plot=False)
+    stem = str(tmp_path / "mix" / "cpt_mix")
+    with pytest.raises(DataError, match=rf"did you mean {stem}\.json \(a mixture manifest\)\?"):
+        build_train_iterator(_cpt_cfg(stem, spm_model), 0, 1)
+    assert next(build_train_iterator(_cpt_cfg(stem + ".json", spm_model), 0, 1))["tokens"].shape[1] == SEQ

@@ -1,3 +1,9 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -5,6 +11,10 @@ from megatron_ultralong.data import DataError
 from megatron_ultralong.data.mixture import (MixtureParams, build_mixture, length_buckets, load_mixture,
                                              report_table, resolve_sources, write_mixture)
 from megatron_ultralong.data.preprocess import preprocess_text, read_document_lengths
+from megatron_ultralong.data.sft import preprocess_chat
+from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
 
 SOURCES = [("web", "p/web"), ("books", "p/books"), ("code", "p/code")]
 
@@ -74,3 +84,41 @@ def test_bad_mixture_inputs_raise_one_line_errors(tmp_path):
         load_mixture(tmp_path / "m.json")
     with pytest.raises(DataError, match="not found"):
         load_mixture(tmp_path / "missing.json")
+
+
+def test_a_mixture_path_without_json_points_at_the_manifest(tmp_path):
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "cpt_mix.json").write_text("{}")
+    stem = str(tmp_path / "mix" / "cpt_mix")
+    with pytest.raises(DataError, match=rf"did you mean {re.escape(stem)}\.json \(a mixture manifest\)\?") as e:
+        resolve_sources([stem])
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="a mixture manifest must be the only entry of data.paths"):
+        resolve_sources([stem + ".json", str(tmp_path / "other")])
+
+
+def test_an_sft_dataset_is_refused_as_cpt_text_with_a_hint_to_train_mode_sft(spm_model, tmp_path):
+    chat = write_jsonl(tmp_path / "chat.jsonl", synthetic_chat_samples(12, seed=1))
+    prefix = str(tmp_path / "sft" / "train")
+    preprocess_chat([chat], spm_model, prefix)
+    with pytest.raises(DataError, match=r"is an SFT dataset \(.*train\.summary\.json\), not CPT text; train on it "
+                                        r"with train\.mode=sft") as e:
+        resolve_sources([prefix])
+    assert "\n" not in str(e.value)
+    os.unlink(prefix + ".summary.json")  # the marker lost (only .bin/.idx copied): the index layout still tells
+    with pytest.raises(DataError, match="is an SFT dataset .*tokens/targets pair.*train.mode=sft"):
+        resolve_sources([prefix])
+
+
+def test_cli_token_budget_0_is_an_error_not_one_pass(corpus, spm_model, tmp_path):
+    preprocess_text([corpus], spm_model, tmp_path / "idx", progress=False)
+    with pytest.raises(DataError, match="token_budget=0: must be > 0 tokens; leave it unset"):
+        MixtureParams(token_budget=0).check()
+    for budget in ("0", "-5"):
+        r = subprocess.run([sys.executable, "tools/preprocess_data.py", "mixture", "--inputs", str(tmp_path / "idx"),
+                            "--output", str(tmp_path / "mix" / "m.json"), "--token-budget", budget, "--no-plot"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: --token-budget {budget}: the budget must be at least 1 token") and \
+            "omit the flag for one pass" in r.stderr
+        assert not (tmp_path / "mix").exists()

@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,26 @@ def test_a_different_dataset_in_the_output_dir_is_not_overwritten_silently(corpu
     assert preprocess_text([other], spm_model, tmp_path / "out", overwrite=True, progress=False)["total"]["docs"] == 1
 
 
+def test_the_same_run_typed_with_other_paths_reuses_the_output(corpus, spm_model, tmp_path, monkeypatch):
+    # first relative to the tokenizer's folder, then with absolute paths from elsewhere: same files, same dataset
+    monkeypatch.chdir(Path(spm_model).parent)
+    out = os.path.relpath(tmp_path / "out")
+    first = preprocess_text([os.path.relpath(corpus)], Path(spm_model).name, out, progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    monkeypatch.chdir(tmp_path)
+    again = preprocess_text([str(Path(corpus).resolve())], str(Path(spm_model).resolve()), str(tmp_path / "out"),
+                            progress=False)
+    assert again == first  # returned as is (same timings), not refused as "built from other inputs"
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps  # nothing rewritten
+
+
+@pytest.mark.parametrize("shard_bytes", [0, -1])
+def test_a_non_positive_shard_size_is_refused_before_anything_is_created(shard_bytes, corpus, spm_model, tmp_path):
+    with pytest.raises(DataError, match=f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1"):
+        preprocess_text([corpus], spm_model, tmp_path / "out", shard_bytes=shard_bytes, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated_idx", "bad_header", "short_bin", "missing_bin"])
 def test_corrupt_dataset_files_raise_one_line_errors(corpus, spm_model, tmp_path, damage):
     preprocess_text([corpus], spm_model, tmp_path / "idx", progress=False)
@@ -179,6 +200,24 @@ def test_cli_bad_input_exits_2_with_one_line_on_stderr(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: tokenizer path") and r.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["shard_mb_0", "shard_mb_negative", "output_dir_below_a_file"])
+def test_cli_bad_options_exit_2_with_one_line_and_create_nothing(case, corpus, spm_model, tmp_path):
+    out, extra = tmp_path / "out", []
+    if case == "output_dir_below_a_file":
+        (tmp_path / "afile").write_text("not a directory")
+        out = tmp_path / "afile" / "out"
+        pattern = r"error: --output-dir .*afile/out: cannot create this directory \(.*afile is a file, not a dir"
+    else:
+        mb = "0" if case == "shard_mb_0" else "-1"
+        extra, pattern = ["--shard-mb", mb], rf"error: --shard-mb {mb}: the shard size must be at least 1 \(MiB\)"
+    r = subprocess.run([sys.executable, "tools/preprocess_data.py", "text", "--input", corpus, "--tokenizer", spm_model,
+                        "--output-dir", str(out), "--quiet", *extra], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.match(pattern, r.stderr), r.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) in ([], ["afile"])  # no .work-* left
 
 
 def test_cli_text_writes_per_source_datasets_with_two_workers(corpus, spm_model, tmp_path):

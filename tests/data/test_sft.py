@@ -126,3 +126,12 @@ def test_empty_chat_file_and_missing_eval_file_raise(tmp_path, spm_model):
     with pytest.raises(DataError, match="eval file .* not found"):
         preprocess_chat([chat], spm_model, str(tmp_path / "out" / "sft"), eval_files=[str(tmp_path / "nope.jsonl")])
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_output_prefix_below_a_file_is_a_one_line_error(tmp_path, spm_model):
+    chat = write_jsonl(tmp_path / "c.jsonl", synthetic_chat_samples(3))
+    (tmp_path / "afile").write_text("not a directory")
+    with pytest.raises(DataError, match=r"--output-prefix folder .*afile/sub: cannot create this directory "
+                                        r"\(.*afile is a file, not a directory\)") as e:
+        preprocess_chat([chat], spm_model, str(tmp_path / "afile" / "sub" / "sft"))
+    assert "\n" not in str(e.value)
