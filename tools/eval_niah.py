@@ -35,37 +35,19 @@ def main(argv=None) -> int:
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this overall accuracy")
     a = p.parse_args(argv)
 
+    from megatron_ultralong.atomic import atomic_path
+    from megatron_ultralong.eval.hf import load_hf_model, load_hf_tokenizer
     from megatron_ultralong.eval.niah import EvalError, check_grid, hf_generate_fn, run_grid
     from megatron_ultralong.eval.plots import niah_heatmap
 
-    if not os.path.isdir(a.hf) or not os.path.isfile(os.path.join(a.hf, "config.json")):
-        print(f"error: --hf {a.hf}: no config.json there; point it at an exported HF model directory "
-              f"(python tools/convert_to_hf.py ...)", file=sys.stderr)
-        return 2
-    import torch
-    import transformers
-
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(a.hf)
-    except (OSError, ValueError) as e:
-        print(f"error: --hf {a.hf}: no loadable tokenizer there ({str(e).splitlines()[0][:120]}); export with "
-              f"tools/convert_to_hf.py --hf-assets <source HF folder> so the tokenizer files are copied",
-              file=sys.stderr)
-        return 2
-    try:
+        tok = load_hf_tokenizer(a.hf)
         check_grid(tok, a.lengths, a.depths, a.samples)  # input errors before the model load
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    model.eval()
+    model = load_hf_model(a.hf, a.dtype)
     grid = run_grid(hf_generate_fn(model, tok), tok, a.lengths, a.depths, a.samples, a.seed)
-    os.makedirs(a.out, exist_ok=True)
-    from megatron_ultralong.atomic import atomic_path
-
     with atomic_path(os.path.join(a.out, "niah.json")) as tmp, open(tmp, "w") as f:
         json.dump({"model": os.path.abspath(a.hf), **grid}, f, indent=1)
     niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=os.path.basename(os.path.normpath(a.hf)))

@@ -43,13 +43,11 @@ def main(argv=None) -> int:
     from megatron_ultralong.atomic import atomic_path
     from megatron_ultralong.eval.perplexity import (EvalError, documents_from_indexed, documents_from_jsonl,
                                                     hf_nll_fn, perplexity_by_length, plan_windows)
+    from megatron_ultralong.eval.hf import check_hf_folder, load_hf_model
     from megatron_ultralong.eval.plots import perplexity_plot
 
-    if not os.path.isfile(os.path.join(a.hf, "config.json")):
-        print(f"error: --hf {a.hf}: no config.json there; point it at an exported HF model directory "
-              f"(python tools/convert_to_hf.py ...)", file=sys.stderr)
-        return 2
     try:
+        check_hf_folder(a.hf)
         jsonl = [d for d in a.data if d.endswith(".jsonl")]
         if jsonl and len(jsonl) != len(a.data):
             raise EvalError("--data: give either .jsonl files or indexed-dataset prefixes, not both")
@@ -70,14 +68,8 @@ def main(argv=None) -> int:
                             f"another tokenizer; preprocess it with the model's")
         if a.tail < 1 or a.chunk < 1:
             raise EvalError(f"--tail {a.tail} / --chunk {a.chunk}: both must be >= 1")
-        import torch
-        import transformers
-
-        dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-        model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
-        if torch.cuda.is_available():
-            model = model.cuda()
-        res = perplexity_by_length(hf_nll_fn(model.eval(), a.chunk), docs, a.lengths, a.documents, a.tail)
+        model = load_hf_model(a.hf, a.dtype)
+        res = perplexity_by_length(hf_nll_fn(model, a.chunk), docs, a.lengths, a.documents, a.tail)
     except (EvalError, ConfigError) as e:  # DataError is a ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2

