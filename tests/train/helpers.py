@@ -1,8 +1,10 @@
 """Shared pieces of the training tests: in-process model/optimizer parts, CLI launches, metrics reading."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +97,22 @@ def run(run_dir, *overrides, env=None, timeout=180):
     p = launch(run_dir, *overrides, env=env)
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
+
+
+def sigkill(proc: subprocess.Popen) -> int:
+    """SIGKILL the trainer like a node failure would, then its orphans: Megatron's async checkpoint writer keeps a
+    spawned multiprocessing Manager that outlives a SIGKILLed parent (on SLURM the job's cgroup reaps it).
+    Returns the trainer's exit status."""
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    code = proc.wait()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=10)
+    return code
 
 
 def wait_until(predicate, proc, timeout=120.0, poll=0.005):

@@ -11,7 +11,7 @@ import pytest
 
 from megatron_ultralong.checkpoint import TEST_PAUSE_ENV
 from megatron_ultralong.train import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
-from tests.train.helpers import latest_name, launch, losses, read_metrics, run, wait_until
+from tests.train.helpers import latest_name, launch, losses, read_metrics, run, sigkill, wait_until
 
 pytestmark = pytest.mark.slow
 STEPS = ["train.max_steps=20"]
@@ -38,8 +38,7 @@ def test_sigkill_right_after_a_checkpoint_then_relaunch_reproduces_run_a_bit_for
     a_dir, a = run_a
     p = launch(tmp_path, *STEPS, "checkpoint.interval=10")
     wait_until(lambda: latest_name(tmp_path / "checkpoints") == "iter_0000010", p)
-    p.send_signal(signal.SIGKILL)
-    assert p.wait() == -signal.SIGKILL
+    assert sigkill(p) == -signal.SIGKILL
     killed_at = len(read_metrics(tmp_path))
     assert 10 <= killed_at < 20  # killed mid-run, maybe a few steps past the checkpoint
 
@@ -55,8 +54,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(run_a, tmp_
     p = launch(tmp_path, *STEPS, "checkpoint.interval=5", env={TEST_PAUSE_ENV: "10:60"})
     # the step-10 checkpoint is completely written (meta.json is the last file) but not yet published
     wait_until(lambda: (ckpt / ".iter_0000010.tmp" / "meta.json").exists(), p)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    sigkill(p)
     assert latest_name(ckpt) == "iter_0000005" and not (ckpt / "iter_0000010").exists()
 
     code, out, err = run(tmp_path, *STEPS, "checkpoint.interval=5")
