@@ -268,6 +268,11 @@ def head_dim(model: ModelConfig) -> int:
     return model.kv_channels or model.hidden_size // model.num_attention_heads
 
 
+def max_sequence_length(cfg: Config) -> int:
+    """The longest sequence the model takes: the YaRN target length when extended, else its own window."""
+    return cfg.yarn.target_length if cfg.yarn.enabled else cfg.model.max_position_embeddings
+
+
 def data_parallel_size(parallel: ParallelConfig, world_size: int) -> int:
     """world_size / (tp·pp·cp)."""
     return world_size // (parallel.tp * parallel.pp * parallel.cp)

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             docs = documents_from_jsonl(jsonl, load_tokenizer(a.tokenizer or a.hf), a.text_key)
         else:
             docs = documents_from_indexed(a.data)
-        plan_windows(docs, a.lengths, a.documents)  # input errors before the (long) model load
+        plan = plan_windows(docs, a.lengths, a.documents)  # input errors before the (long) model load
         with open(os.path.join(a.hf, "config.json")) as f:
             vocab = int(json.load(f).get("vocab_size") or 0)
         if vocab and any(len(d) and int(d.max()) >= vocab for d in docs):
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         if a.tail < 1 or a.chunk < 1:
             raise EvalError(f"--tail {a.tail} / --chunk {a.chunk}: both must be >= 1")
         model = load_hf_model(a.hf, a.dtype)
-        res = perplexity_by_length(hf_nll_fn(model, a.chunk), docs, a.lengths, a.documents, a.tail)
+        res = perplexity_by_length(hf_nll_fn(model, a.chunk), docs, a.lengths, a.documents, a.tail, plan=plan)
     except (EvalError, ConfigError) as e:  # DataError is a ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2

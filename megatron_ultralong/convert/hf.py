@@ -42,7 +42,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from ..checkpoint import CheckpointError, _fsync_dir, read_meta
-from ..config import DTYPES, Config, DataConfig, ParallelConfig, YarnConfig, config_from_dict, validate
+from ..config import (DTYPES, Config, DataConfig, ParallelConfig, YarnConfig, config_from_dict, max_sequence_length,
+                      validate)
 from . import ConvertError, VerificationError
 from .hf_config import hf_config_from_model, hf_dtype, model_config_from_hf
 from .mapping import ArchTable, Dims, checkpoint_key, layer_name, table_for_arch, table_for_hf_model_type
@@ -533,7 +534,7 @@ def default_verify_seq_len(cfg: Config) -> int:
 
 
 def _check_verify_seq_len(cfg: Config, seq_len: Optional[int]) -> None:
-    longest = cfg.yarn.target_length if cfg.yarn.enabled else cfg.model.max_position_embeddings
+    longest = max_sequence_length(cfg)
     if seq_len is not None and not 1 <= seq_len <= longest:
         raise ConvertError(f"--verify-seq-len {seq_len}: must be in [1, {longest}] (the model's context length)")
 

@@ -36,3 +36,16 @@ def remove_quietly(path: str | os.PathLike) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def make_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the output folder ``path`` (and its parents): DataError naming ``what`` (the option) when it
+    cannot be, e.g. a path component is a file."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((str(q) for q in [out, *out.parents] if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or type(e).__name__)
+        raise DataError(f"{what} {path}: cannot create this directory ({why}); choose another path") from None
+    return out

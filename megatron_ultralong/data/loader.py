@@ -34,7 +34,6 @@ data is always in-process: it costs less than the inter-process copy).
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -151,16 +150,16 @@ class PackedSamplesSource:
 def _is_text_dataset(path: str) -> bool:
     """Whether ``path`` is a ``preprocess_data.py text`` output directory, or one of its source prefixes (listed
     in the ``summary.json`` beside it) — CPT text, never an SFT dataset."""
-    from .mixture import sft_summary_path
     from .preprocess import FORMAT as TEXT_FORMAT
+    from .preprocess import read_summary
+    from .sft import sft_summary_path
 
     if sft_summary_path(path):
         return False
     folder, name = (path, None) if os.path.isdir(path) else (os.path.dirname(path) or ".", os.path.basename(path))
     try:
-        with open(os.path.join(folder, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
+        summary = read_summary(folder)
+    except DataError:  # no (readable) summary.json there: not a text output
         return False
     if not isinstance(summary, dict) or summary.get("format") != TEXT_FORMAT:
         return False
@@ -173,6 +172,7 @@ class _IndexedSamples:
 
     def __init__(self, prefixes: Sequence[str]):
         from .preprocess import open_indexed_dataset
+        from .sft import NOT_SFT_LAYOUT, has_sft_layout
 
         self.prefixes = list(prefixes)
         self.index: List[Tuple[int, int]] = []
@@ -183,10 +183,9 @@ class _IndexedSamples:
                                 f"dataset; train on it with train.mode=cpt, or build SFT data with "
                                 f"tools/preprocess_data.py chat")
             ds = open_indexed_dataset(prefix)
+            if not has_sft_layout(ds):
+                raise DataError(f"{prefix}: {NOT_SFT_LAYOUT}")
             docs = np.array(ds.document_indices)  # copies: the views die with ds's mmap
-            if len(docs) < 2 or not np.array_equal(docs, np.arange(0, len(docs) * 2 - 1, 2)):
-                raise DataError(f"{prefix}: not an SFT dataset (each sample must be two sequences, tokens and "
-                                f"targets); build it with tools/preprocess_data.py chat")
             self.lengths += np.asarray(ds.sequence_lengths[0::2]).tolist()
             self.index += [(p, i) for i in range(len(docs) - 1)]
             del ds

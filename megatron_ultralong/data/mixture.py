@@ -128,44 +128,24 @@ def resolve_sources(paths: Sequence[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def sft_summary_path(prefix: str | os.PathLike) -> Optional[str]:
-    """``<prefix>.summary.json`` when it marks ``prefix`` as an SFT dataset written by ``preprocess_data.py chat``
-    (format ``megatron-ultralong-sft``: chat samples stored as token / 0-1 target sequence pairs), else None.
-    Text datasets never have one: their summary is ``summary.json`` of the whole output directory."""
-    from .sft import FORMAT as SFT_FORMAT
-
-    path = f"{prefix}.summary.json"
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return path if isinstance(summary, dict) and summary.get("format") == SFT_FORMAT else None
-
-
-def _sft_layout(prefix: str | os.PathLike) -> bool:
-    """Whether the ``.idx`` has the SFT layout: every document exactly two sequences of equal length (tokens,
-    targets). Text datasets hold one sequence per document, so this catches an SFT dataset whose summary was lost."""
-    from .preprocess import open_indexed_dataset
-
-    ds = open_indexed_dataset(prefix)
-    docs, lengths = np.asarray(ds.document_indices), np.asarray(ds.sequence_lengths)
-    sft = (len(lengths) >= 2 and len(lengths) % 2 == 0 and len(docs) == len(lengths) // 2 + 1
-           and np.array_equal(docs, np.arange(0, len(lengths) + 1, 2)) and np.array_equal(lengths[0::2], lengths[1::2]))
-    del docs, lengths, ds  # the arrays are views of the dataset's mmap
-    return bool(sft)
-
-
 def check_not_sft_dataset(prefix: str | os.PathLike) -> None:
     """DataError if ``prefix`` is an SFT dataset from ``preprocess_data.py chat`` (its ``<prefix>.summary.json``
     says so, or its index has the SFT layout): its sequences alternate tokens and 0/1 loss targets, which CPT
     would read as documents — training on the target flags as text."""
+    from .preprocess import open_indexed_dataset
+    from .sft import has_sft_layout, sft_summary_path
+
     marker = sft_summary_path(prefix)
-    if marker or _sft_layout(prefix):
-        seen = f"see {marker}" if marker else "each document is a tokens/targets pair"
-        raise DataError(f"data path {str(prefix)!r} is an SFT dataset (chat samples with loss targets; {seen}), not "
-                        f"CPT text; train on it with train.mode=sft, or give text datasets from "
-                        f"tools/preprocess_data.py text")
+    if not marker:  # the summary may not have been copied along: the index layout says it too
+        ds = open_indexed_dataset(prefix)
+        sft = has_sft_layout(ds)
+        del ds  # its arrays are views of an mmap
+        if not sft:
+            return
+    seen = f"see {marker}" if marker else "each document is a tokens/targets pair"
+    raise DataError(f"data path {str(prefix)!r} is an SFT dataset (chat samples with loss targets; {seen}), not "
+                    f"CPT text; train on it with train.mode=sft, or give text datasets from "
+                    f"tools/preprocess_data.py text")
 
 
 def length_buckets(lengths: np.ndarray, params: MixtureParams) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import DataError, atomic_path, remove_quietly
+from . import DataError, atomic_path, make_output_dir, remove_quietly
 from .tokenizer import load_tokenizer, resolve_tokenizer_file
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,15 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
     return files
 
 
+def _check_shard_bytes(shard_bytes: int) -> None:
+    if shard_bytes < 1:
+        raise DataError(f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1 or more (default 64)")
+
+
 def plan_shards(files: Sequence[str], shard_bytes: int = SHARD_BYTES) -> List[Shard]:
     """Cut the inputs into shards of about ``shard_bytes``. Empty files are an error (a wrong path or a failed
     download is likelier than an intentional empty input)."""
-    if shard_bytes < 1:
-        raise DataError(f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1 or more (default 64)")
+    _check_shard_bytes(shard_bytes)
     shards: List[Shard] = []
     for f in files:
         kind, size, stem = _kind(f), os.path.getsize(f), _stem(f)
@@ -339,19 +343,6 @@ def _process_shard(shard: Shard, work_dir: str, text_key: str, source_key: Optio
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def make_output_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create the output folder ``path`` (and its parents): DataError naming ``what`` (the option) when it
-    cannot be, e.g. a path component is a file."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        blocker = next((str(q) for q in [out, *out.parents] if q.exists() and not q.is_dir()), None)
-        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or type(e).__name__)
-        raise DataError(f"{what} {path}: cannot create this directory ({why}); choose another path") from None
-    return out
-
-
 def _fingerprint(files: Sequence[str], tokenizer_file: str, text_key: str, source_key: Optional[str]) -> str:
     """Identity of a run's inputs and settings. Paths enter as resolved real paths, so the same files give the
     same fingerprint however they were typed (relative, absolute, through a symlink, from another directory)."""
@@ -514,8 +505,7 @@ def preprocess_text(inputs: Sequence[str], tokenizer: str, output_dir: str, *, t
     t0 = time.perf_counter()
     if workers < 1:
         raise DataError(f"--workers={workers}: must be >= 1")
-    if shard_bytes < 1:  # before anything is created (the CLI's --shard-mb is in MiB, so its minimum is 1)
-        raise DataError(f"shard size {shard_bytes} bytes: must be positive; pass --shard-mb 1 or more (default 64)")
+    _check_shard_bytes(shard_bytes)  # before anything is created (plan_shards comes after the work dir)
     files = expand_inputs(inputs)
     tokenizer_file = resolve_tokenizer_file(tokenizer)
     tok = load_tokenizer(tokenizer_file)

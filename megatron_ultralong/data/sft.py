@@ -34,9 +34,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import DataError, atomic_path, remove_quietly
+from . import DataError, atomic_path, make_output_dir, remove_quietly
 from .packing import PackedWindows, pack_whole_samples
-from .preprocess import make_output_dir
 from .tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -350,15 +349,40 @@ def preprocess_chat(inputs: Sequence[str], tokenizer: str, output_prefix: str, *
     return summary
 
 
+NOT_SFT_LAYOUT = ("not an SFT dataset (each sample must be two sequences, tokens and targets); build it with "
+                  "tools/preprocess_data.py chat")
+"""The end of the DataError for an indexed dataset without the SFT layout."""
+
+
+def has_sft_layout(ds) -> bool:
+    """Whether an open IndexedDataset has the layout ``preprocess_chat`` writes: every document exactly two
+    sequences of equal length (tokens, 0/1 targets). Text datasets hold one sequence per document."""
+    docs, lengths = np.asarray(ds.document_indices), np.asarray(ds.sequence_lengths)
+    return bool(len(docs) >= 2 and len(lengths) == 2 * (len(docs) - 1)
+                and np.array_equal(docs, np.arange(0, len(lengths) + 1, 2))
+                and np.array_equal(lengths[0::2], lengths[1::2]))
+
+
+def sft_summary_path(prefix: str | os.PathLike) -> Optional[str]:
+    """``<prefix>.summary.json`` when it marks ``prefix`` as a dataset written by ``preprocess_chat`` (format
+    FORMAT), else None. Text datasets never have one: their summary is the output directory's ``summary.json``."""
+    path = f"{prefix}.summary.json"
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(summary, dict) and summary.get("format") == FORMAT else None
+
+
 def load_sft_dataset(prefix: str) -> List[Tuple[np.ndarray, np.ndarray]]:
     """(tokens, target) pairs of a dataset written by ``preprocess_chat`` (DataError if it is not one)."""
     from .preprocess import open_indexed_dataset
 
     ds = open_indexed_dataset(prefix)
+    if not has_sft_layout(ds):
+        raise DataError(f"{prefix}: {NOT_SFT_LAYOUT}")
     docs = np.array(ds.document_indices)  # a copy: views die with the dataset's mmap
-    if len(docs) < 2 or not np.array_equal(docs, np.arange(0, 2 * (len(docs) - 1) + 1, 2)):
-        raise DataError(f"{prefix}: not an SFT dataset (each sample must be two sequences, tokens and targets); "
-                        f"build it with tools/preprocess_data.py chat")
     out = []
     for i in range(len(docs) - 1):
         tokens, target = ds[2 * i], ds[2 * i + 1]

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import DataError, atomic_path
+from . import DataError, atomic_path, make_output_dir
 
 LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 """Chat-format tokens a small sentencepiece model needs for the built-in Llama-3 template."""
@@ -152,8 +152,6 @@ def write_synthetic_corpus(out_dir: str | os.PathLike, docs_per_source: Optional
     """Write jsonl records ``{"text": ..., "source": ...}``: one ``corpus.jsonl`` with the sources interleaved
     (default), or ``<source>.jsonl`` per source. Returns the written paths. DataError on non-positive counts or
     length scale, or an output directory that cannot be created (checked before anything is written)."""
-    from .preprocess import make_output_dir
-
     docs_per_source = DEFAULT_DOCS_PER_SOURCE if docs_per_source is None else docs_per_source
     check_docs_per_source(docs_per_source)
     check_length_scale(length_scale)

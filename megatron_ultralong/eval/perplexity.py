@@ -60,11 +60,13 @@ def plan_windows(docs: Sequence[np.ndarray], lengths: Sequence[int], documents: 
 
 
 def perplexity_by_length(nll: NllFn, docs: Sequence[np.ndarray], lengths: Sequence[int], documents: int = 4,
-                         tail: int = 1024, log: Optional[Callable[[str], None]] = print) -> Dict:
-    """Score every length (see the module docstring); EvalError when no document is long enough for one."""
+                         tail: int = 1024, log: Optional[Callable[[str], None]] = print,
+                         plan: Optional[List[Tuple[int, List[np.ndarray]]]] = None) -> Dict:
+    """Score every length (see the module docstring); EvalError when no document is long enough for one.
+    ``plan``: ``plan_windows`` of the same arguments, when the caller made it already (made here when None)."""
     if tail < 1:
         raise EvalError(f"perplexity: tail={tail}: must be >= 1")
-    plan = plan_windows(docs, lengths, documents)
+    plan = plan if plan is not None else plan_windows(docs, lengths, documents)
     total, done, t0 = sum(len(p) * n for n, p in plan), 0, time.time()
     results = []
     for length, picked in plan:

@@ -144,31 +144,60 @@ def task_content(task: str, rng: random.Random) -> Tuple[str, List[str], str, Li
     return _NIAH_INTRO, needles, _NIAH_QUESTION.format(keys=", ".join(asked)), answers
 
 
-def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: str = FILLER) -> RulerSample:
-    """A prompt of exactly ``length`` tokens: intro, haystack with the task's statements at evenly spread depths
-    (filler-sentence boundaries), question with its answer prefix."""
+@dataclass
+class _Drawn:
+    """One sample's random content, tokenized: everything but the filler (small, unlike a prompt of L tokens)."""
+
+    task: str
+    """Task name."""
+    answers: List[str]
+    """Strings a correct completion contains."""
+    intro_ids: List[int]
+    """Tokens of the instructions before the haystack."""
+    statement_ids: List[List[int]]
+    """Tokens of each hidden statement, in haystack order."""
+    question_ids: List[int]
+    """Tokens of the question and its answer prefix."""
+
+    def fixed_tokens(self) -> int:
+        return len(self.intro_ids) + sum(map(len, self.statement_ids)) + len(self.question_ids)
+
+
+def _draw(task: str, tokenizer, rng: random.Random) -> _Drawn:
     intro, statements, question, answers = task_content(task, rng)
-    intro_ids, question_ids = tokenizer.encode(intro), tokenizer.encode(question)
-    stmt_ids = [tokenizer.encode(s) for s in statements]
-    sentence = tokenizer.encode(filler)
-    fixed = len(intro_ids) + sum(map(len, stmt_ids)) + len(question_ids)
-    budget = length - fixed
-    if budget < 0 or not sentence:
-        raise RulerLengthError(f"{task}: context length {length} is shorter than the task's fixed text ({fixed} "
-                               f"tokens); use lengths >= {fixed + len(sentence)}", fixed + len(sentence))
-    reps, rest = divmod(budget, len(sentence))
+    return _Drawn(task, answers, tokenizer.encode(intro), [tokenizer.encode(s) for s in statements],
+                  tokenizer.encode(question))
+
+
+def _check_fits(drawn: _Drawn, length: int, sentence: List[int]) -> None:
+    fixed = drawn.fixed_tokens()
+    if length < fixed or not sentence:
+        raise RulerLengthError(f"{drawn.task}: context length {length} is shorter than the task's fixed text "
+                               f"({fixed} tokens); use lengths >= {fixed + len(sentence)}", fixed + len(sentence))
+
+
+def _assemble(drawn: _Drawn, length: int, sentence: List[int]) -> RulerSample:
+    """The prompt of exactly ``length`` tokens: statements at evenly spread filler-sentence boundaries."""
+    _check_fits(drawn, length, sentence)
+    reps, rest = divmod(length - drawn.fixed_tokens(), len(sentence))
     haystack = sentence * reps + sentence[:rest]
-    k = len(stmt_ids)
+    k = len(drawn.statement_ids)
     cuts = [min(round(reps * (i + 1) / (k + 1)) * len(sentence), len(haystack)) for i in range(k)]
-    prompt, positions, prev = list(intro_ids), [], 0
-    for cut, ids in zip(cuts, stmt_ids):
+    prompt, positions, prev = list(drawn.intro_ids), [], 0
+    for cut, ids in zip(cuts, drawn.statement_ids):
         prompt += haystack[prev:cut]
         positions.append(len(prompt))
         prompt += ids
         prev = cut
-    prompt += haystack[prev:] + question_ids
+    prompt += haystack[prev:] + drawn.question_ids
     assert len(prompt) == length
-    return RulerSample(task, length, answers, positions, prompt)
+    return RulerSample(drawn.task, length, drawn.answers, positions, prompt)
+
+
+def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: str = FILLER) -> RulerSample:
+    """A prompt of exactly ``length`` tokens: intro, haystack with the task's statements at evenly spread depths
+    (filler-sentence boundaries), question with its answer prefix."""
+    return _assemble(_draw(task, tokenizer, rng), length, tokenizer.encode(filler))
 
 
 def score(generated: str, answers: Sequence[str]) -> float:
@@ -176,28 +205,30 @@ def score(generated: str, answers: Sequence[str]) -> float:
     return sum(a in generated for a in answers) / len(answers)
 
 
-Plan = List[Tuple[str, int, List[RulerSample]]]
+Plan = List[Tuple[str, int, List[_Drawn]]]
 
 
 def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_per_cell: int = 1,
                seed: int = 0) -> Plan:
-    """Every prompt of the run, built and checked (cheap: call it before loading a model)."""
+    """Every sample of the run drawn, tokenized and checked against its length (cheap: call it before loading a
+    model). Prompts themselves are assembled one at a time by ``run_ruler``: a plan of many 1M-token prompts
+    would hold gigabytes."""
     if not tasks or not lengths or samples_per_cell < 1:
         raise EvalError("RULER: give tasks, lengths and samples_per_cell >= 1")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvalError(f"unknown RULER task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    rng = random.Random(seed)
+    rng, sentence = random.Random(seed), tokenizer.encode(FILLER)
     plan, short = [], {}
     for t in tasks:
         for n in lengths:
-            samples = []
-            for _ in range(samples_per_cell):
+            drawn = [_draw(t, tokenizer, rng) for _ in range(samples_per_cell)]
+            for d in drawn:
                 try:
-                    samples.append(build_sample(t, tokenizer, n, rng))
+                    _check_fits(d, n, sentence)
                 except RulerLengthError as e:  # keep going: the message names every task and the length all need
                     short[t] = max(short.get(t, 0), e.needed)
-            plan.append((t, n, samples))
+            plan.append((t, n, drawn))
     if short:
         raise EvalError(f"context length {min(lengths)} is shorter than the fixed text of {', '.join(short)}: use "
                         f"lengths >= {max(short.values())} (or leave those tasks out with --tasks)")
@@ -208,13 +239,15 @@ def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Se
               samples_per_cell: int = 1, seed: int = 0, log: Optional[Callable[[str], None]] = print,
               plan: Optional[Plan] = None) -> Dict:
     """Score every (task, length) cell; returns {"average", "scores": {task: {str(length): score}}, "cells"}.
-    ``plan``: the prompts from ``plan_ruler`` with the same arguments (built here when None)."""
+    ``plan``: ``plan_ruler`` with the same arguments (made here when None)."""
     plan = plan if plan is not None else plan_ruler(tokenizer, tasks, lengths, samples_per_cell, seed)
+    sentence = tokenizer.encode(FILLER)
     total, done, t0 = len(plan) * samples_per_cell, 0, time.time()
     cells, scores = [], {t: {} for t in tasks}
-    for task, length, samples in plan:
+    for task, length, drawn in plan:
         outputs = []
-        for s in samples:
+        for d in drawn:
+            s = _assemble(d, length, sentence)
             out = generate(s.prompt_ids, TASKS[task].max_new_tokens)
             outputs.append({"answers": s.answers, "output": out.strip()[:200], "score": score(out, s.answers)})
             done += 1

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, head_dim
+from ..config import Config, ConfigError, head_dim, max_sequence_length
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
 from .specs import core_attention_kind, layer_spec, needs_document_masking, resolve_attention_backend
 
@@ -115,12 +115,11 @@ def build_model(cfg: Config, pre_process: bool | None = None, post_process: bool
     tcfg = transformer_config(cfg)
     m = cfg.model
     check_te_keeps_softmax_scale(cfg, tcfg.softmax_scale)
-    max_len = cfg.yarn.target_length if cfg.yarn.enabled else m.max_position_embeddings
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=layer_spec(m, document_masking=needs_document_masking(cfg)),
         vocab_size=m.vocab_size,
-        max_sequence_length=max_len,
+        max_sequence_length=max_sequence_length(cfg),
         pre_process=ps.is_pipeline_first_stage() if pre_process is None else pre_process,
         post_process=ps.is_pipeline_last_stage() if post_process is None else post_process,
         parallel_output=True,

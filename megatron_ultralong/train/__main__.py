@@ -18,6 +18,7 @@ import sys
 import traceback
 import warnings
 
+from ..atomic import atomic_path
 from ..checkpoint import CheckpointError, find_latest, read_meta
 from ..cli import OneLineParser
 from ..config import ConfigError, absolute_paths, checkpoint_dir, describe, load_recipe, validate
@@ -34,12 +35,9 @@ def _route_library_chatter_to_stdout() -> None:
 def _write_exit_status(run_dir: str, code: int, reason: str, step) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    path = os.path.join(run_dir, "exit_status.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:  # tmp + rename: a launcher reading it never sees half a file
-        with open(tmp, "w") as f:
+    try:  # atomically: a launcher reading it never sees half a file
+        with atomic_path(os.path.join(run_dir, "exit_status.json")) as tmp, open(tmp, "w") as f:
             json.dump({"code": code, "reason": reason, "step": step}, f)
-        os.replace(tmp, path)
     except OSError:
         pass  # the run dir may be the very thing that is broken; the exit code still says it
 

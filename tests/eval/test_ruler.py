@@ -17,18 +17,7 @@ from megatron_ultralong.eval.ruler import (
     run_ruler,
     score,
 )
-from tests.eval.helpers import save_tiny_llama3
-
-
-class CharTokenizer:
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(map(chr, ids))
-
-
-TOK = CharTokenizer()
+from tests.eval.helpers import TOK, save_tiny_llama3
 
 
 def oracle(ids, max_new_tokens):
@@ -104,6 +93,6 @@ def test_cli_runs_every_task_on_a_tiny_model_and_writes_json_and_heatmap(tmp_pat
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "use lengths >= " in bad.stderr
     (tmp_path / "no_tok").mkdir()
     shutil.copy(model_dir / "config.json", tmp_path / "no_tok" / "config.json")
-    no_tok = subprocess.run([sys.executable, "tools/eval_ruler.py", "--hf", str(tmp_path / "no_tok"), "--out", str(out)],
-                            capture_output=True, text=True)
+    no_tok = subprocess.run([sys.executable, "tools/eval_ruler.py", "--hf", str(tmp_path / "no_tok"),
+                             "--out", str(out)], capture_output=True, text=True)
     assert no_tok.returncode == 2 and no_tok.stderr.count("\n") == 1 and "--hf-assets" in no_tok.stderr
