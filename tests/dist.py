@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import traceback
 
@@ -26,7 +27,9 @@ def _entry(fn, rank, world_size, port, args, queue):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        queue.put((rank, True, fn(rank, world_size, *args)))
+        # plain pickle copies tensors by value: the queue's own pickler would hand over a shared-memory fd
+        # that dies with this process, so a rank exiting before the parent reads raced into ECONNRESET
+        queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:  # report, then let the parent raise
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -54,7 +57,10 @@ def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0):
     try:
         for _ in range(world_size):
             rank, ok, value = queue.get(timeout=timeout)
-            (results if ok else errors)[rank] = value
+            if ok:
+                results[rank] = pickle.loads(value)
+            else:
+                errors[rank] = value
             if errors:
                 break
     finally:
