@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         plan = plan_windows(docs, a.lengths, a.documents)  # input errors before the (long) model load
         with open(os.path.join(a.hf, "config.json")) as f:
             vocab = int(json.load(f).get("vocab_size") or 0)
-        if vocab and any(len(d) and int(d.max()) >= vocab for d in docs):
+        if vocab and any(len(w) and int(w.max()) >= vocab for _, windows in plan for w in windows):
             raise EvalError(f"--data holds token ids >= the model's vocab_size {vocab}: it was tokenized with "
                             f"another tokenizer; preprocess it with the model's")
         if a.tail < 1 or a.chunk < 1:

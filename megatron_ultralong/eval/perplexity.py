@@ -111,16 +111,36 @@ def hf_nll_fn(model, chunk: int = 4096) -> NllFn:
     return nll
 
 
-def documents_from_indexed(prefixes: Sequence[str], max_documents: int = 100000) -> List[np.ndarray]:
-    """Documents (token arrays) of indexed datasets written by tools/preprocess_data.py, in order."""
+class IndexedDocument:
+    """One document of an indexed dataset, read lazily: ``len()`` comes from the index, and a slice reads only
+    those tokens from the memory-mapped ``.bin`` (so picking the first long documents of a large corpus costs
+    the index plus the scored prefixes, not the corpus)."""
+
+    def __init__(self, dataset, index: int, length: int):
+        self._dataset, self._index, self._length = dataset, index, int(length)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("IndexedDocument supports contiguous slices only, e.g. doc[:n]")
+        start, stop, _ = key.indices(self._length)
+        if stop <= start:
+            return np.zeros(0, dtype=np.int64)
+        return np.array(self._dataset.get(self._index, offset=start, length=stop - start), dtype=np.int64)
+
+
+def documents_from_indexed(prefixes: Sequence[str], max_documents: int = 100000) -> List[IndexedDocument]:
+    """The first ``max_documents`` documents of indexed datasets written by tools/preprocess_data.py, in order,
+    as lazy ``IndexedDocument`` (the datasets stay open, memory-mapped, while the documents are alive)."""
     from ..data.preprocess import open_indexed_dataset
 
-    docs: List[np.ndarray] = []
+    docs: List[IndexedDocument] = []
     for prefix in prefixes:
         ds = open_indexed_dataset(prefix)
-        for i in range(min(len(ds), max_documents - len(docs))):
-            docs.append(np.array(ds[i], dtype=np.int64))
-        del ds
+        lengths = ds.sequence_lengths
+        docs.extend(IndexedDocument(ds, i, lengths[i]) for i in range(min(len(ds), max_documents - len(docs))))
     return docs
 
 

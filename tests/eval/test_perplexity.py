@@ -51,6 +51,29 @@ def test_a_length_no_document_reaches_is_refused_with_the_longest_length():
         perplexity_by_length(lambda ids: torch.zeros(len(ids) - 1), [np.arange(40)], [64], log=None)
 
 
+def test_indexed_documents_read_lazily_give_lengths_from_the_index_and_exact_slices(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megatron_ultralong.eval.perplexity import documents_from_indexed
+
+    rng = np.random.default_rng(0)
+    originals = [rng.integers(0, 60000, size=n).astype(np.uint16) for n in (5, 300, 41)]
+    builder = IndexedDatasetBuilder(str(tmp_path / "d.bin"), dtype=np.uint16)
+    for doc in originals:
+        builder.add_document(torch.from_numpy(doc.astype(np.int64)), [len(doc)])
+    builder.finalize(str(tmp_path / "d.idx"))
+
+    docs = documents_from_indexed([str(tmp_path / "d"), str(tmp_path / "d")], max_documents=4)
+    assert [len(d) for d in docs] == [5, 300, 41, 5]  # capped at 4, across both prefixes
+    assert np.array_equal(docs[1][:], originals[1].astype(np.int64)) and docs[1][:].dtype == np.int64
+    assert np.array_equal(docs[1][250:400], originals[1][250:].astype(np.int64))  # clipped like a list slice
+    assert docs[0][3:3].size == 0
+    picked = long_documents(docs, 40, documents=5)
+    assert [len(p) for p in picked] == [41, 41] and np.array_equal(picked[1], originals[2].astype(np.int64))
+    with pytest.raises(TypeError, match="contiguous slices"):
+        docs[1][::2]
+
+
 def test_cli_scores_indexed_and_jsonl_data_and_refuses_bad_input_in_one_line(tmp_path):
     from megatron_ultralong.data.preprocess import preprocess_text
     from megatron_ultralong.data.synthetic import synthetic_documents, train_sentencepiece, write_synthetic_corpus
@@ -85,3 +108,9 @@ def test_cli_scores_indexed_and_jsonl_data_and_refuses_bad_input_in_one_line(tmp
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     bad = run("--data", str(tmp_path / "bad.jsonl"), "--tokenizer", spm, "--out", str(out))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "bad.jsonl:1" in bad.stderr
+    small = tmp_path / "hf_small_vocab"  # a model whose vocabulary the data's token ids overflow
+    _tiny_llama(vocab=64).save_pretrained(small)
+    r_small = subprocess.run([sys.executable, "tools/eval_perplexity.py", "--hf", str(small), "--data",
+                              str(tmp_path / "idx" / "books"), "--lengths", "64", "--out", str(out)],
+                             capture_output=True, text=True)
+    assert r_small.returncode == 2 and r_small.stderr.count("\n") == 1 and "another tokenizer" in r_small.stderr
