@@ -28,9 +28,12 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .config import Config, data_parallel_size, to_dict
+
+if TYPE_CHECKING:  # annotations only: torch is imported lazily at run time
+    import torch
 
 # torch / megatron are imported inside the functions that need them: read_meta() and friends stay cheap
 # (the CLI checks checkpoint.init_from before paying for those imports).
