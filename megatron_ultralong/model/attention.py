@@ -14,11 +14,15 @@ sequence (``parallel.zigzag_split``; Megatron's rotary module rotated them at th
 values (and document ids) are all-gathered over the CP group and put back in natural order (``zigzag_merge``); the
 query chunk with global index c then attends to the key prefix [0, (c+1)·L) with a lower-right-aligned causal mask,
 i.e. query at global position c·L+i sees keys at global positions <= c·L+i. Keys past the chunk are not even
-passed to SDPA, so the zigzag layout's load balance carries over to compute. Without document ids the mask is a
-``causal_lower_right`` bias (flash / memory-efficient kernels on CUDA, no S×S tensor); with document ids it is an
-explicit boolean [b, 1, L, (c+1)·L] mask — fine on CPU, quadratic in memory on long GPU runs (document masking at
-scale belongs to TE's THD path, not wired yet; te layers run this module when documents are masked: see
-``specs.core_attention_kind``).
+passed to SDPA, so the zigzag layout's load balance carries over to compute. The mask is a ``causal_lower_right``
+bias (flash / memory-efficient kernels on CUDA, no S×S tensor).
+
+Document masking never builds a mask tensor either: packed documents are contiguous runs of one id (as
+``data/packing.py`` writes them), so attention within documents is block-diagonal. Each (sample, document piece
+inside the query block) is one SDPA call: its queries against the keys from the document's start to the piece's
+end, lower-right causal, i.e. varlen attention with flash-kernel memory at any length (te layers run this module
+when documents are masked: see ``specs.core_attention_kind``). The runs are read once per doc-id tensor (one
+host sync per microbatch, not per layer). An id that comes back after another is refused (ValueError).
 
 The gather is our own autograd function: ``torch.distributed.nn.functional.all_gather`` backward fails on gloo for
 any group other than ranks [0, 1] (it scatters with group-local ranks taken as global ones).
@@ -26,7 +30,8 @@ any group other than ranks [0, 1] (it scatters with group-local ranks taken as g
 from __future__ import annotations
 
 import math
-from typing import Optional
+import weakref
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -58,6 +63,35 @@ class AllGatherSequence(torch.autograd.Function):
         grad = grad.clone()  # all_reduce is in place; the incoming grad may be shared with other consumers
         dist.all_reduce(grad, group=ctx.group)
         return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows), None
+
+
+Runs = List[List[Tuple[int, int]]]
+_last_runs: Tuple[Optional[weakref.ref], Runs] = (None, [])  # (the doc-id tensor, its runs): layers share one
+
+
+def document_runs(doc_ids: torch.Tensor) -> Runs:
+    """Per sample of ``doc_ids`` [b, s], the [start, end) runs of one document id in order. ValueError when an id
+    comes back after another (documents must be contiguous, as the packer writes them)."""
+    out = []
+    for row in doc_ids.detach().to("cpu", torch.int64):
+        cuts = (torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()
+        bounds = [0, *cuts, row.numel()]
+        runs = list(zip(bounds[:-1], bounds[1:]))
+        if len(set(row[bounds[:-1]].tolist())) != len(runs):
+            raise ValueError(f"document ids {row.unique_consecutive().tolist()[:8]}... revisit an id: document "
+                             f"masking takes contiguous documents (segment index 0, 1, ... as data/packing.py writes)")
+        out.append(runs)
+    return out
+
+
+def _cached_runs(key: torch.Tensor, doc_all: torch.Tensor) -> Runs:
+    """``document_runs(doc_all)``, computed once while every layer is handed the same ``key`` tensor."""
+    global _last_runs
+    ref, runs = _last_runs
+    if ref is None or ref() is not key:
+        runs = document_runs(doc_all)
+        _last_runs = (weakref.ref(key), runs)
+    return runs
 
 
 class SDPACoreAttention(MegatronModule):
@@ -94,12 +128,8 @@ class SDPACoreAttention(MegatronModule):
             if attention_mask is None:  # flash / memory-efficient kernels, no mask tensor
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
                                                      scale=self.softmax_scale, enable_gqa=nh != k.shape[1])
-            else:
-                doc = attention_mask  # (b, s) document ids
-                causal = torch.ones(sq, k.shape[2], dtype=torch.bool, device=q.device).tril()
-                allowed = causal[None, None] & (doc[:, None, :, None] == doc[:, None, None, :])  # (b, 1, sq, sk)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout,
-                                                     scale=self.softmax_scale, enable_gqa=nh != k.shape[1])
+            else:  # attention_mask: (b, s) document ids
+                out = self._within_documents(q, k, v, _cached_runs(attention_mask, attention_mask), 0, dropout)
         return out.permute(2, 0, 1, 3).reshape(sq, b, nh * hd)  # (sq, b, np·hn)
 
     def _context_parallel(self, q, key, value, doc_ids, dropout):
@@ -114,17 +144,43 @@ class SDPACoreAttention(MegatronModule):
         if k.shape[1] != nh:  # GQA: the lower-right causal kernels take equal head counts
             k = k.repeat_interleave(nh // k.shape[1], dim=1)  # (b, np, S, hn); query head h uses group h // rep
             v = v.repeat_interleave(nh // v.shape[1], dim=1)
-        doc_all = zigzag_gather(doc_ids, self.cp_group, seq_dim=1) if doc_ids is not None else None  # (b, S)
+        runs = None
+        if doc_ids is not None:  # gathered on every call: ranks must not skip a collective on a cache hit
+            runs = _cached_runs(doc_ids, zigzag_gather(doc_ids, self.cp_group, seq_dim=1))  # runs of (b, S)
         outs = []
         for j, c in enumerate(zigzag_chunk_ids(cp, rank)):
             qc = q[:, :, j * L:(j + 1) * L]  # (b, np, L, hn), global positions c·L ... c·L+L−1
             kc, vc = k[:, :, :(c + 1) * L], v[:, :, :(c + 1) * L]  # keys at global positions 0 ... c·L+L−1
-            if doc_all is None:
-                mask = causal_lower_right(L, (c + 1) * L)
+            if runs is None:
+                outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=causal_lower_right(L, (c + 1) * L),
+                                                           dropout_p=dropout, scale=self.softmax_scale))
             else:
-                causal = torch.ones(L, (c + 1) * L, dtype=torch.bool, device=q.device).tril(diagonal=c * L)
-                same_doc = doc_ids[:, j * L:(j + 1) * L, None] == doc_all[:, None, :(c + 1) * L]  # (b, L, (c+1)L)
-                mask = (causal & same_doc)[:, None]  # (b, 1, L, (c+1)L); the diagonal keeps every row non-empty
-            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout,
-                                                       scale=self.softmax_scale))
+                outs.append(self._within_documents(qc, kc, vc, runs, c * L, dropout))
         return torch.cat(outs, dim=2)
+
+    def _within_documents(self, q, k, v, runs: Runs, q0: int, dropout: float) -> torch.Tensor:
+        """q (b, np, Lq, hn) at global positions [q0, q0 + Lq); k / v (b, ng, >= q0 + Lq, hn) from position 0;
+        ``runs`` per sample over the global sequence -> (b, np, Lq, hn), each query attending to the keys of its
+        own document up to itself. One SDPA call per (sample, document piece in the block), no mask tensor."""
+        q1 = q0 + q.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        rows = []
+        for i, sample_runs in enumerate(runs):
+            pieces = []
+            for start, end in sample_runs:
+                a, e = max(start, q0), min(end, q1)  # this document's queries inside the block
+                if a >= e:
+                    continue
+                qi, ki, vi = q[i:i + 1, :, a - q0:e - q0], k[i:i + 1, :, start:e], v[i:i + 1, :, start:e]
+                if a == start:  # square block: plain causal (GQA-aware kernels)
+                    pieces.append(F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, dropout_p=dropout,
+                                                                 scale=self.softmax_scale, enable_gqa=gqa))
+                else:  # the document began before this block: lower-right causal over its earlier keys
+                    if gqa:
+                        rep = q.shape[1] // k.shape[1]
+                        ki, vi = ki.repeat_interleave(rep, dim=1), vi.repeat_interleave(rep, dim=1)
+                    mask = causal_lower_right(e - a, e - start)
+                    pieces.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, dropout_p=dropout,
+                                                                 scale=self.softmax_scale))
+            rows.append(torch.cat(pieces, dim=2))
+        return torch.cat(rows, dim=0)

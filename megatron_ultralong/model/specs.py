@@ -12,7 +12,8 @@ materialises [b, heads, S, S] scores and refuses CP, so it is kept as a numerica
 **Document masking** (SFT, or CPT with ``data.mask_cross_document``): the sdpa core attention takes per-token
 document ids (under CP too). With the te backend, the layer keeps TE's linears and norms (fused, FP8-capable)
 and swaps in the sdpa core attention for masked training (``core_attention_kind``), since TE's THD
-packed-sequence format is not wired here; SFT windows are short, so the masked SDPA kernel costs little there.
+packed-sequence format is not wired here. That core attention runs each document piece as its own causal SDPA
+call (no mask tensor: see model/attention.py), so masking costs no [S, S] memory at any length.
 """
 from __future__ import annotations
 

@@ -54,3 +54,33 @@ def test_transformer_config_carries_llama_shape_and_yarn_temperature():
 def test_transformer_config_without_yarn_keeps_default_softmax_scale():
     tc = transformer_config(load_recipe("toy_cpt", ["yarn.enabled=false", "data.seq_length=64"]))
     assert tc.softmax_scale is None
+
+
+def _masked_run(rank, world, backend):
+    from megatron_ultralong.model.builder import build_model
+    from megatron_ultralong.parallel import init_distributed
+    from megatron_ultralong.train.step import forward_backward
+    from tests.dist import reinit_by_name
+
+    cfg = load_recipe("toy_cpt", ["data.seq_length=64", "data.mask_cross_document=true",
+                                  f"model.attention_backend={backend}"])
+    init_distributed(cfg)
+    model = build_model(cfg)
+    reinit_by_name(model)
+    tokens = torch.randint(0, cfg.model.vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+    doc_ids = torch.tensor([[0] * 20 + [1] * 3 + [2] * 41, [0] * 64])
+    starts = torch.tensor([[0] * 20 + [20] * 3 + [23] * 41, [0] * 64])
+    batch = {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(2, 64),
+             "position_ids": torch.arange(64).expand(2, 64) - starts, "doc_ids": doc_ids}
+    out = forward_backward([model], [batch], cfg)
+    return {"loss": (out["loss_sum"] / out["tokens"]).item(),
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+
+
+def test_document_masked_sdpa_model_equals_megatron_local_attention_with_an_explicit_mask():
+    sdpa = run_ranks(_masked_run, 1, args=("sdpa",))[0]
+    local = run_ranks(_masked_run, 1, args=("local",))[0]
+    assert abs(sdpa["loss"] - local["loss"]) < 1e-5
+    assert sdpa["grads"].keys() == local["grads"].keys()
+    for name, g in sdpa["grads"].items():
+        assert (g - local["grads"][name]).abs().max().item() < 1e-5, name
