@@ -108,7 +108,8 @@ def run_grid(generate: Callable[[List[int]], str], tokenizer, lengths: Sequence[
     return {"accuracy": acc, "lengths": list(lengths), "depths": list(depths), "cells": cells}
 
 
-def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10) -> Callable[[List[int]], str]:
+def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10,
+                   skip_special_tokens: bool = False) -> Callable[[List[int]], str]:
     """Greedy decoding with a transformers causal LM; returns the decoded continuation."""
     import torch
 
@@ -118,7 +119,7 @@ def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10) -> Callable[[List
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=model.config.eos_token_id
                                  if isinstance(model.config.eos_token_id, int) else 0)
-        return tokenizer.decode(out[0, len(prompt_ids):].tolist())
+        return tokenizer.decode(out[0, len(prompt_ids):].tolist(), skip_special_tokens=skip_special_tokens)
 
     return generate
 

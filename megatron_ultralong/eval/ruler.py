@@ -262,15 +262,16 @@ def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Se
             "cells": cells}
 
 
-def hf_generate(model, tokenizer) -> GenerateFn:
-    """Greedy decoding with a transformers causal LM: generate(prompt_ids, max_new_tokens) -> text."""
+def hf_generate(model, tokenizer, skip_special_tokens: bool = False) -> GenerateFn:
+    """Greedy decoding with a transformers causal LM: generate(prompt_ids, max_new_tokens) -> text (without the
+    tokenizer's special tokens, e.g. an end-of-turn marker, when ``skip_special_tokens``)."""
     from .niah import hf_generate_fn
 
     cache: Dict[int, Callable[[List[int]], str]] = {}
 
     def generate(prompt_ids: List[int], max_new_tokens: int) -> str:
         if max_new_tokens not in cache:
-            cache[max_new_tokens] = hf_generate_fn(model, tokenizer, max_new_tokens)
+            cache[max_new_tokens] = hf_generate_fn(model, tokenizer, max_new_tokens, skip_special_tokens)
         return cache[max_new_tokens](prompt_ids)
 
     return generate

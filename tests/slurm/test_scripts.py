@@ -93,7 +93,7 @@ def test_recipe_can_be_replaced(tmp_path):
     assert argv[argv.index("--config") + 1] == "my/cpt_4m_64k.yaml"
 
 
-@pytest.mark.parametrize("script", ["eval_niah", "eval_perplexity", "eval_ruler"])
+@pytest.mark.parametrize("script", ["eval_niah", "eval_perplexity", "eval_ruler", "eval_infinitebench"])
 def test_eval_scripts_run_their_tool_in_one_task(tmp_path, script):
     _, argv = dry_run(f"{script}.sh", "--hf", "hf/m", "--out", "eval/x", cwd=tmp_path, ULTRALONG_PYTHON="/env/python",
                       **JOB_32_NODES)
