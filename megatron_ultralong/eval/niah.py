@@ -119,7 +119,8 @@ def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10,
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=model.config.eos_token_id
                                  if isinstance(model.config.eos_token_id, int) else 0)
-        return tokenizer.decode(out[0, len(prompt_ids):].tolist(), skip_special_tokens=skip_special_tokens)
+        new = out[0, len(prompt_ids):].tolist()  # our own tokenizers' decode takes no skip_special_tokens
+        return tokenizer.decode(new, skip_special_tokens=True) if skip_special_tokens else tokenizer.decode(new)
 
     return generate
 
