@@ -44,16 +44,20 @@ def main(argv=None) -> int:
     try:
         tok = load_hf_tokenizer(a.hf)
         with open(os.path.join(a.hf, "config.json")) as f:
-            max_length = a.max_length or int(json.load(f).get("max_position_embeddings") or 0)
+            max_length = a.max_length if a.max_length is not None else int(
+                json.load(f).get("max_position_embeddings") or 0)
         if max_length < 1:
-            raise EvalError(f"--max-length {a.max_length}: give the model's context length in tokens")
+            raise EvalError(f"--max-length {max_length}: give the model's context length in tokens")
         samples = load_tasks(a.data, tasks, a.limit)  # input errors before the model load
         check_max_length(tasks, max_length)
+        try:
+            os.makedirs(a.out, exist_ok=True)
+        except OSError as e:
+            raise EvalError(f"--out {a.out}: cannot create it ({e.strerror})") from None
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model = load_hf_model(a.hf, a.dtype)
-    os.makedirs(a.out, exist_ok=True)
     files = {}
 
     def stream(task, record):  # predictions reach disk as they are made: a killed run keeps what it did

@@ -15,13 +15,15 @@ Instruct does; ``chat=False`` or a tokenizer without one sends the plain text). 
 middle to ``max_length - max_new_tokens(task)`` like the benchmark's ``truncate_input(..., manner="middle")``, so
 the instruction at the start and the question at the end survive; the number of cut samples is reported.
 
-Scores per sample (0 or 1 unless stated), as the benchmark's ``compute_scores.py`` defines them:
+Scores per sample (0 or 1 unless stated), as the benchmark's current ``compute_scores.py`` defines them (two
+deliberate differences: the dialogue name is upper-cased like the words it is looked for in, and a decimal
+prediction for an integer ``math_find`` answer scores 0 instead of raising):
 
 | task | generated tokens | score |
 |---|---|---|
 | passkey, number_string | 6, 12 | the first run of digits equals the answer |
 | kv_retrieval | 50 | the value is one of the words (split at whitespace and ``\\n:"'.,?!{}``) |
-| longbook_choice_eng | 40 | see ``score_choice``: a leading letter, an "answer is" prefix, or the first A-D word |
+| longbook_choice_eng | 40 | ``score_choice``: a leading letter, the option's text, an "answer is" prefix, an A-D word |
 | code_debug | 5 | see ``score_code_debug``: "X." / "X:", or the letter / name after "answer is:" |
 | math_find | 3 | the first number equals the answer (int or float as the answer is) |
 | longdialogue_qa_eng | 40 | the name is one of the upper-cased words (the name is upper-cased too) |
@@ -31,7 +33,7 @@ Scores per sample (0 or 1 unless stated), as the benchmark's ``compute_scores.py
 | code_run | 5 | the last word is the right integer |
 
 ``longbook_sum_eng`` (ROUGE-Lsum, an extra dependency) is not included. Per-task predictions are written in the
-benchmark's own ``preds_<task>.jsonl`` shape (``prediction``, ``ground_truth``), so its scorer can re-check them.
+benchmark's ``preds_<task>.jsonl`` shape (``prediction``, ``ground_truth``: the label scored against, ``score``).
 """
 from __future__ import annotations
 
@@ -82,8 +84,13 @@ def _after_prefix(text: str, prefixes: Sequence[str]) -> Optional[str]:
 
 def score_choice(pred: str, label: List[str]) -> float:
     """longbook_choice_eng: ``label`` = [the right option's text, its letter]."""
-    if pred[:1] and pred[0] in CHOICES:
+    pred = pred.strip()
+    if not pred:
+        return 0.0
+    if pred[0] in CHOICES:
         return float(pred[0] in label)
+    if pred in label:  # the option's text, exactly
+        return 1.0
     pred = _squeeze(pred, ["\n", '"', "'", ".", ",", "?", "!", "{", "}"])
     rest = _after_prefix(pred, ["answer is:", "answer:", "answer is", "option is"])
     if rest is not None:
@@ -97,10 +104,11 @@ def score_choice(pred: str, label: List[str]) -> float:
 def score_code_debug(pred: str, label: List[str]) -> float:
     """code_debug: ``label`` = [the buggy function's name, its letter]."""
     name, letter = label[0], label[1]
+    pred = pred.strip()
     if pred[:2] in (f"{letter}.", f"{letter}:"):
         return 1.0
-    pred = _squeeze(pred.strip(), ["\n", "`", "'", '"', "-", "*", "Option", "option"])
-    rest = _after_prefix(pred, ["answer is:", "is:", "answer:"])
+    pred = _squeeze(pred, ["\n", "`", "'", '"', "-", "*", "Option", "option"])
+    rest = _after_prefix(pred, ["answer is:", "is:", "answer:", "correct option is:"])
     return float(bool(rest) and (rest.startswith(letter) or rest.startswith(name)))
 
 
@@ -159,6 +167,8 @@ def score_qa_zh(pred: str, label: List[str]) -> float:
 
 
 def score_math_calc(pred: str, label: List[Any]) -> float:
+    if label and isinstance(label[0], list):  # the release nests the values: [[v1, v2, ...]]
+        label = label[0]
     label = [as_number(x) for x in label]
     values = [int(x) for x in re.split("[^0-9]", pred) if x]
     right = 0
@@ -209,7 +219,7 @@ TASKS: Dict[str, Task] = {
                                 "B, C, or D). Don't say anything else." + _OPTIONS, 40, score_choice, "choice"),
     "code_debug": Task("There is ONLY ONE function in the large project that is deliberately made to include an "
                        "obvious error. Please find the function that contains the most obvious errors. I will give "
-                       "you four options to narrow your scope. You can inspect through the options and think. "
+                       "you four options to narrow your scope. You can inspect the options and think. "
                        "Eventually, tell me the answer using one single letter (A, B, C, or D).\n\n{context}\n\n"
                        "Which funtion has deliberate error?" + _OPTIONS + "\n\nYou should first find the functions in "
                        "the options. Repeat their content, inspect through code, and at last give me your answer for "
@@ -229,8 +239,8 @@ TASKS: Dict[str, Task] = {
     "math_calc": Task("Compute the intermediate values in the following long expression.\n\n{context}", 30000,
                       score_math_calc, "list"),
     "code_run": Task("Following is a set of Python functions. There is a function called named {func}.\n\n{context}\n\n"
-                     "Please give me the exact number of the return value of {input}. Be concise. Your response must "
-                     "end with the final returned value.", 5, score_code_run),
+                     "Please give me the exact number of the return value of {func_call}. Be concise. Your response "
+                     "must end with the final returned value.", 5, score_code_run),
 }
 
 
@@ -266,7 +276,16 @@ def _label(task: str, rec: Dict[str, Any], where: str) -> Any:
 
 
 def build_sample(task: str, rec: Dict[str, Any], where: str) -> Sample:
-    """The prompt and label of one record; EvalError naming ``where`` (file:line) when a field is missing."""
+    """The prompt and label of one record; EvalError naming ``where`` (file:line) when a field is missing or of
+    the wrong type."""
+    try:
+        return _build_sample(task, rec, where)
+    except (TypeError, AttributeError, KeyError, IndexError) as e:
+        raise EvalError(f"{where}: malformed InfiniteBench {task} record ({type(e).__name__}: {e}); use the task "
+                        f"files of the InfiniteBench release") from None
+
+
+def _build_sample(task: str, rec: Dict[str, Any], where: str) -> Sample:
     if not isinstance(rec, dict) or "context" not in rec or "answer" not in rec or (
             "input" not in rec and task != "math_calc"):
         raise EvalError(f"{where}: not an InfiniteBench {task} record (needs 'context', 'input' and 'answer'); "
@@ -274,17 +293,21 @@ def build_sample(task: str, rec: Dict[str, Any], where: str) -> Sample:
     fields = {"context": rec["context"], "input": rec.get("input", "")}
     if TASKS[task].label == "choice":
         fields.update(zip(CHOICES, [str(o) for o in rec.get("options") or ["", "", "", ""]]))
-    if task == "math_find":
-        target = re.findall(r"The \w+ number", rec["input"])
+    if task == "math_find":  # "The largest number ...", "The second smallest number of the list is:"
+        target = re.search(r"The ((?:\w+ )*?number)", rec["input"])
         if not target:
             raise EvalError(f"{where}: math_find input {rec['input'][:60]!r} names no 'The ... number'")
-        fields["prefix"] = f"What is {target[0].lower()} in the following list?"
-    if task == "code_run":
-        fields["func"] = rec["input"].split("(")[0].strip()
+        fields["prefix"] = f"What is the {target.group(1).lower()} in the following list?"
+    if task == "code_run":  # "Please give me the exact number of the return value of func_12(3). ..."
+        call = re.search(r"func_[0-9]+\(-?[0-9]+\)", rec["input"])
+        if not call:
+            raise EvalError(f"{where}: code_run input {rec['input'][:60]!r} has no call like func_12(3)")
+        fields["func_call"], fields["func"] = call.group(0), call.group(0).split("(")[0]
     label = _label(task, rec, where)
     if task in ("math_find", "code_run", "math_calc"):  # numeric answers: refuse a bad one now, not mid-run
         try:
-            [as_number(x) for x in (label if isinstance(label, list) else [label])]
+            values = label if isinstance(label, list) else [label]
+            [as_number(x) for x in (values[0] if values and isinstance(values[0], list) else values)]
         except EvalError as e:
             raise EvalError(f"{where}: {e}") from None
     return Sample(rec.get("id", where), TASKS[task].template.format(**fields), label)

@@ -22,9 +22,14 @@ from tests.eval.helpers import TOK, save_tiny_llama3
     ("longbook_choice_eng", "I think the answer is B, because", ["the red door", "B"], 1.0),
     ("longbook_choice_eng", "My answer: the red door", ["the red door", "B"], 1.0),
     ("longbook_choice_eng", "Hmm, maybe D", ["the red door", "B"], 0.0),
+    ("longbook_choice_eng", "the red door", ["the red door", "B"], 1.0),  # the option's text
+    ("longbook_choice_eng", "  B", ["the red door", "B"], 1.0),  # stripped first
+    ("longbook_choice_eng", "", ["the red door", "B"], 0.0),
     ("code_debug", "B. repack", ["repack_carchive", "B"], 1.0),
     ("code_debug", "So the answer is: repack_carchive", ["repack_carchive", "B"], 1.0),
     ("code_debug", "D", ["repack_carchive", "B"], 0.0),
+    ("code_debug", "\nB. repack", ["repack_carchive", "B"], 1.0),
+    ("code_debug", "The correct option is: B", ["repack_carchive", "B"], 1.0),
     ("math_find", "88", "88", 1.0),
     ("math_find", "It is 3.5", "3.5", 1.0),
     ("math_find", "87", "88", 0.0),
@@ -33,6 +38,7 @@ from tests.eval.helpers import TOK, save_tiny_llama3
     ("longbook_qa_eng", "a tower", ["Eiffel tower", "nothing"], pytest.approx(2 / 3)),
     ("longbook_qa_chn", "巴黎。", ["巴黎"], 1.0),
     ("math_calc", "[1, 4, 8, 3, 9]", ["1", "4", "8", "5", "9"], 0.6),  # right until the first wrong value
+    ("math_calc", "[1, 4, 8, 3, 9]", [[1, 4, 8, 3, 7]], 0.8),  # the release nests the values
     ("code_run", "The return value is: 42", "42", 1.0),
     ("code_run", "", "42", 0.0),
 ])
@@ -68,6 +74,17 @@ def test_records_become_prompts_and_labels_like_the_release_defines_them(tmp_pat
     assert find.id.endswith("math_find.jsonl:1")  # no id in the record: its file and line
 
 
+def test_math_find_and_code_run_prompts_parse_the_releases_questions():
+    find = build_sample("math_find", {"context": "[3, 9, 1]", "input": "The second largest number of the list is:",
+                                      "answer": ["3"]}, "f:1")
+    assert find.prompt.startswith("What is the second largest number in the following list?\n\n[3, 9, 1]")
+    run = build_sample("code_run", {"context": "def func_12(x): ...", "answer": ["-7"], "input":
+                                    "Please give me the exact number of the return value of func_12(-3). Your "
+                                    "response should end with the sentence 'The return value is:'."}, "f:1")
+    assert "a function called named func_12.\n\n" in run.prompt
+    assert "the return value of func_12(-3). Be concise." in run.prompt and run.label == "-7"
+
+
 @pytest.mark.parametrize("files,tasks,message", [
     ({}, ["passkey"], "passkey.jsonl not found"),
     ({"passkey": "{not json\n"}, ["passkey"], "passkey.jsonl:1: not JSON"),
@@ -78,6 +95,10 @@ def test_records_become_prompts_and_labels_like_the_release_defines_them(tmp_pat
     ({"math_find": '{"context": "x", "input": "The largest number?", "answer": ["many"]}\n'},
      ["math_find"], "math_find.jsonl:1: answer 'many' is not a number"),
     ({}, ["passkey", "longbook_sum_eng"], "unknown ['longbook_sum_eng']"),
+    ({"math_find": '{"context": "x", "input": null, "answer": ["1"]}\n'}, ["math_find"],
+     "math_find.jsonl:1: malformed InfiniteBench math_find record"),
+    ({"code_run": '{"context": "x", "input": "What does it return?", "answer": ["1"]}\n'}, ["code_run"],
+     "code_run.jsonl:1: code_run input"),
 ])
 def test_bad_task_files_are_refused_with_the_file_and_line(tmp_path, files, tasks, message):
     for name, text in files.items():
@@ -162,6 +183,11 @@ def test_cli_writes_scores_and_the_benchmarks_prediction_files_and_refuses_bad_i
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "passkey.jsonl not found" in missing.stderr
     tiny = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "50", "--out", str(out))
     assert tiny.returncode == 2 and tiny.stderr.count("\n") == 1 and "leaves no room" in tiny.stderr
+    zero = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "0", "--out", str(out))
+    assert zero.returncode == 2 and zero.stderr.count("\n") == 1 and "--max-length 0" in zero.stderr
+    (tmp_path / "file").write_text("")
+    bad_out = run("--data", str(data), "--tasks", "kv_retrieval", "--out", str(tmp_path / "file" / "out"))
+    assert bad_out.returncode == 2 and bad_out.stderr.count("\n") == 1 and "cannot create it" in bad_out.stderr
 
 
 def test_a_real_tokenizers_chat_template_wraps_the_prompt_as_a_user_turn_with_the_generation_prompt():
