@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def main(argv=None) -> int:
-    from megatron_ultralong.cli import OneLineParser
+    from megatron_ultralong.cli import OneLineParser, add_eval_output_args, below_minimum
     from megatron_ultralong.eval.infinitebench import TASKS
 
     default_tasks = "passkey,number_string,kv_retrieval,longbook_choice_eng,longbook_qa_eng,math_find,code_debug"
@@ -30,8 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N records of each task (default: all)")
     p.add_argument("--no-chat-template", action="store_true",
                    help="send the plain prompt instead of one user turn through the tokenizer's chat template")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
-    p.add_argument("--out", required=True, help="output directory")
+    add_eval_output_args(p)
     p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
     a = p.parse_args(argv)
 
@@ -80,10 +79,7 @@ def main(argv=None) -> int:
     for t in tasks:
         print(f"{t:<20} {res['scores'][t]:6.1%}  ({res['samples'][t]} samples, {res['truncated'][t]} cut to fit)")
     print(f"average {res['average']:.1%} -> {a.out}/infinitebench.json, preds_<task>.jsonl")
-    if a.min_score is not None and res["average"] < a.min_score:
-        print(f"error: average score {res['average']:.3f} is below --min-score {a.min_score}", file=sys.stderr)
-        return 1
-    return 0
+    return below_minimum(res["average"], a.min_score, "--min-score", "average score")
 
 
 if __name__ == "__main__":

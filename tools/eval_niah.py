@@ -13,25 +13,16 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _floats(text):
-    return [float(x) for x in text.split(",") if x]
-
-
-def _ints(text):
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv=None) -> int:
-    from megatron_ultralong.cli import OneLineParser
+    from megatron_ultralong.cli import OneLineParser, add_eval_output_args, below_minimum, comma_floats, comma_ints
 
     p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM with its tokenizer files")
-    p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
-    p.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="comma-separated depths")
+    p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--depths", type=comma_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="comma-separated depths")
     p.add_argument("--samples", type=int, default=1, help="trials per cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
-    p.add_argument("--out", required=True, help="output directory")
+    add_eval_output_args(p)
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this overall accuracy")
     a = p.parse_args(argv)
 
@@ -52,10 +43,7 @@ def main(argv=None) -> int:
         json.dump({"model": os.path.abspath(a.hf), **grid}, f, indent=1)
     niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=os.path.basename(os.path.normpath(a.hf)))
     print(f"accuracy {grid['accuracy']:.1%} over {len(grid['cells'])} cells -> {a.out}/niah.json, niah.png")
-    if a.min_accuracy is not None and grid["accuracy"] < a.min_accuracy:
-        print(f"error: accuracy {grid['accuracy']:.3f} is below --min-accuracy {a.min_accuracy}", file=sys.stderr)
-        return 1
-    return 0
+    return below_minimum(grid["accuracy"], a.min_accuracy, "--min-accuracy", "accuracy")
 
 
 if __name__ == "__main__":

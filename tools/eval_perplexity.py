@@ -17,24 +17,19 @@ import warnings
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _ints(text):
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv=None) -> int:
-    from megatron_ultralong.cli import OneLineParser
+    from megatron_ultralong.cli import OneLineParser, add_eval_output_args, comma_ints
 
     p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM (Llama / Qwen2 family)")
     p.add_argument("--data", nargs="+", required=True, help="indexed-dataset prefixes or .jsonl files")
     p.add_argument("--tokenizer", help="for .jsonl data: tokenizer file or folder (default: --hf)")
     p.add_argument("--text-key", default="text", help="for .jsonl data: the field holding the text")
-    p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
     p.add_argument("--documents", type=int, default=4, help="documents scored per length")
     p.add_argument("--tail", type=int, default=1024, help="tail_ppl covers the last this many predictions")
     p.add_argument("--chunk", type=int, default=4096, help="positions per output-head chunk (memory)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
-    p.add_argument("--out", required=True, help="output directory")
+    add_eval_output_args(p)
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # TE/apex absent: irrelevant here
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its dataset readers log every file they open

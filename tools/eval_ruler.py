@@ -13,23 +13,18 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _ints(text):
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv=None) -> int:
     from megatron_ultralong.eval.ruler import TASKS
 
-    from megatron_ultralong.cli import OneLineParser
+    from megatron_ultralong.cli import OneLineParser, add_eval_output_args, below_minimum, comma_ints
 
     p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf", required=True, help="directory of a transformers causal LM with its tokenizer files")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
-    p.add_argument("--lengths", type=_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
     p.add_argument("--samples", type=int, default=1, help="samples per (task, length) cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
-    p.add_argument("--out", required=True, help="output directory")
+    add_eval_output_args(p)
     p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
     a = p.parse_args(argv)
 
@@ -54,10 +49,7 @@ def main(argv=None) -> int:
     for t in tasks:
         print(f"{t:<18} " + "  ".join(f"{n:>9,}: {res['scores'][t][str(n)]:.2f}" for n in a.lengths))
     print(f"average {res['average']:.1%} over {len(res['cells'])} cells -> {a.out}/ruler.json, ruler.png")
-    if a.min_score is not None and res["average"] < a.min_score:
-        print(f"error: average score {res['average']:.3f} is below --min-score {a.min_score}", file=sys.stderr)
-        return 1
-    return 0
+    return below_minimum(res["average"], a.min_score, "--min-score", "average score")
 
 
 if __name__ == "__main__":

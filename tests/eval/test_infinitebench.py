@@ -183,6 +183,10 @@ def test_cli_writes_scores_and_the_benchmarks_prediction_files_and_refuses_bad_i
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "passkey.jsonl not found" in missing.stderr
     tiny = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "50", "--out", str(out))
     assert tiny.returncode == 2 and tiny.stderr.count("\n") == 1 and "leaves no room" in tiny.stderr
+    gated = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "256", "--min-score", "1.01",
+                "--out", str(tmp_path / "gated"))  # no model reaches 1.01: the gate fails the run, after writing
+    assert gated.returncode == 1 and "is below --min-score 1.01" in gated.stderr
+    assert (tmp_path / "gated" / "infinitebench.json").is_file()
     zero = run("--data", str(data), "--tasks", "kv_retrieval", "--max-length", "0", "--out", str(out))
     assert zero.returncode == 2 and zero.stderr.count("\n") == 1 and "--max-length 0" in zero.stderr
     (tmp_path / "file").write_text("")
