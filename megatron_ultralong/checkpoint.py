@@ -30,6 +30,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from .atomic import publish_dir, write_text_atomic
 from .config import Config, data_parallel_size, to_dict
 
 if TYPE_CHECKING:  # annotations only: torch is imported lazily at run time
@@ -197,24 +198,6 @@ def _restore_rng(state: Dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- filesystem
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
 def _remove_dir(path: str) -> None:
     """Delete a directory so that no half-deleted copy is ever visible under its name (rename, then delete)."""
     trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.trash")
@@ -304,13 +287,12 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
     dist.barrier()  # every rank's files are written
 
     if rank0:
-        _write_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
+        write_text_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
         _test_pause(step)
         if os.path.exists(final):  # a published-but-never-'latest' copy from a run killed between the renames
             _remove_dir(final)
-        os.rename(tmp, final)
-        _fsync_dir(ckpt_dir)
-        _write_atomic(os.path.join(ckpt_dir, LATEST_FILE), iter_dir_name(step) + "\n")
+        publish_dir(tmp, final)
+        write_text_atomic(os.path.join(ckpt_dir, LATEST_FILE), iter_dir_name(step) + "\n")
         prune_checkpoints(ckpt_dir, cfg.checkpoint.keep_last)
     dist.barrier()  # nobody returns (and maybe exits) before the checkpoint is published
     return final

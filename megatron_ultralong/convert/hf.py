@@ -34,14 +34,14 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import time
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint import CheckpointError, _fsync_dir, read_meta
+from ..atomic import atomic_dir
+from ..checkpoint import CheckpointError, read_meta
 from ..config import (DTYPES, Config, DataConfig, ParallelConfig, YarnConfig, config_from_dict, max_sequence_length,
                       validate)
 from . import ConvertError, VerificationError
@@ -103,37 +103,15 @@ def single_process():
 
 
 # -------------------------------------------------------------------------------- output directories
-def _staging_dir(out: str) -> Tuple[str, str]:
-    """(final path, hidden temp dir next to it). ``out`` must not exist or be an empty directory."""
+@contextlib.contextmanager
+def _staged(out: str):
+    """Yield (final path, hidden temp dir next to it); tmp is published as final when the block succeeds, deleted
+    when it fails. ``out`` must not exist or be an empty directory."""
     final = os.path.abspath(os.fspath(out))
     if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
         raise ConvertError(f"output {out} already exists and is not empty; remove it or choose another directory")
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the published folder's mode
-    return final, tmp
-
-
-def _publish(tmp: str, final: str) -> None:
-    if os.path.isdir(final):
-        os.rmdir(final)  # the empty directory we were allowed to fill
-    os.rename(tmp, final)
-    _fsync_dir(os.path.dirname(final))  # the rename itself survives a crash
-
-
-@contextlib.contextmanager
-def _staged(out: str):
-    """Yield (final, tmp); publish tmp as final when the block succeeds, delete tmp when it fails."""
-    final, tmp = _staging_dir(out)
-    try:
+    with atomic_dir(final) as tmp:
         yield final, tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publish(tmp, final)
 
 
 # ---------------------------------------------------------------------------------------- HF assets

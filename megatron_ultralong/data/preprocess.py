@@ -39,6 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..atomic import publish_dir
 from . import DataError, atomic_path, make_output_dir, remove_quietly
 from .tokenizer import load_tokenizer, resolve_tokenizer_file
 
@@ -338,7 +339,7 @@ def _process_shard(shard: Shard, work_dir: str, text_key: str, source_key: Optio
               "histogram": _histogram(np.asarray(lengths.get(src, []), dtype=np.int64))}
         for src in sorted(set(lengths) | set(skipped))}}
     (tmp / "done.json").write_text(json.dumps(stats))
-    os.replace(tmp, final)  # the shard appears complete or not at all
+    publish_dir(tmp, final)  # the shard appears complete or not at all
     return stats
 
 

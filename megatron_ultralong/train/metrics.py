@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..atomic import atomic_path
 from ..config import Config, head_dim
 
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "tokens", "loss_tokens", "tokens_per_s", "mfu", "mem_gb",
@@ -99,10 +100,8 @@ def truncate_jsonl(path: str, last_step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             f.writelines(kept)
-        os.replace(tmp, path)
     return dropped
 
 
