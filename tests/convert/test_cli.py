@@ -72,10 +72,14 @@ def _cli_with_disagreeing_model(argv):
     spec = importlib.util.spec_from_file_location("convert_to_hf", REPO / "tools" / "convert_to_hf.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    real = hf.verify_hf_against_megatron
     hf.verify_hf_against_megatron = lambda *args, **kwargs: 0.5
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = tool.main(argv)
+    try:
+        with contextlib.redirect_stderr(err):
+            code = tool.main(argv)
+    finally:
+        hf.verify_hf_against_megatron = real  # later tests in this process verify for real
     return code, err.getvalue()
 
 
@@ -132,7 +136,7 @@ def test_yarn_cpt_run_export_verifies_beyond_the_original_window(cpt_run, tmp_pa
 
 def test_recipe_tokenizer_is_exported_under_the_name_transformers_loads(tmp_path):
     from megatron_ultralong.config import load_recipe
-    from megatron_ultralong.convert.hf import _tokenizer_fallback
+    from megatron_ultralong.convert.assets import tokenizer_fallback
     from megatron_ultralong.data.synthetic import synthetic_documents, train_sentencepiece
     from megatron_ultralong.data.tokenizer import load_tokenizer
 
@@ -140,7 +144,7 @@ def test_recipe_tokenizer_is_exported_under_the_name_transformers_loads(tmp_path
     out = tmp_path / "hf"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert _tokenizer_fallback(load_recipe("toy_cpt", [f"data.tokenizer={spm}"]), str(out)) == ["tokenizer.model"]
+    assert tokenizer_fallback(load_recipe("toy_cpt", [f"data.tokenizer={spm}"]), str(out)) == ["tokenizer.model"]
     text = "Hello there, the sky is blue and 12345 is a number."
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.encode(text, add_special_tokens=False) == load_tokenizer(spm).encode(text)

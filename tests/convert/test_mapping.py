@@ -35,7 +35,7 @@ def test_qkv_rows_are_grouped_q_heads_then_k_then_v_per_query_group(bias):
     got = fused if bias else fused[:, 0]
     assert got.tolist() == expected
     back = m.to_hf(fused, D)
-    assert all(torch.equal(a, b) for a, b in zip(back, (q, k, v)))
+    assert len(back) == 3 and all(torch.equal(a, b) for a, b in zip(back, (q, k, v)))
 
 
 def test_gated_mlp_fc1_is_gate_rows_then_up_rows_and_splits_back():
@@ -75,13 +75,14 @@ def test_table_names_every_tensor_of_the_transformers_model_exactly_once(arch, t
 
 
 def _megatron_checkpoint_names(arch, tied):
-    from megatron_ultralong.convert.hf import _checkpoint_names, _conversion_model, single_process
+    from megatron_ultralong.convert.megatron_io import checkpoint_names, conversion_model
+    from megatron_ultralong.convert.process_group import single_process
 
     table = table_for_arch(arch)
     model_cfg = dataclasses.replace(ModelConfig(), arch=arch, qkv_bias=table.qkv_bias, tie_word_embeddings=tied,
                                     num_layers=3)
     with single_process():
-        names = set(_checkpoint_names(_conversion_model(Config(model=model_cfg))))
+        names = set(checkpoint_names(conversion_model(Config(model=model_cfg))))
     return names, {m.megatron for m in table.mappings(model_cfg)}
 
 
