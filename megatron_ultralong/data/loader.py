@@ -40,13 +40,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, needs_document_masking
 from . import DataError
 from .packing import DocumentStream, fill_from_stream, fill_whole_samples, plan_whole_samples, window_to_sample
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
+"""The tensors of every batch, in this order (the DALI outputs and train/step.py's forward step use it)."""
 Window = Tuple[np.ndarray, np.ndarray, np.ndarray]  # tokens, segment ids, target flags; each [S + 1]
 
 
@@ -99,7 +100,7 @@ class MixtureStreamSource:
 
     def _read(self, perm: np.ndarray, d: int, offset: int, n: int) -> np.ndarray:
         if self._datasets is None:
-            from .preprocess import open_indexed_dataset
+            from .indexed import open_indexed_dataset
 
             self._datasets = [open_indexed_dataset(p) for p in self.prefixes]
         src, doc = self.draws[perm[d]]
@@ -150,8 +151,8 @@ class PackedSamplesSource:
 def _is_text_dataset(path: str) -> bool:
     """Whether ``path`` is a ``preprocess_data.py text`` output directory, or one of its source prefixes (listed
     in the ``summary.json`` beside it) — CPT text, never an SFT dataset."""
-    from .preprocess import FORMAT as TEXT_FORMAT
-    from .preprocess import read_summary
+    from .indexed import FORMAT as TEXT_FORMAT
+    from .indexed import read_summary
     from .sft import sft_summary_path
 
     if sft_summary_path(path):
@@ -171,7 +172,7 @@ class _IndexedSamples:
     """get(i) → (tokens, target) of an SFT indexed dataset, opened lazily per process."""
 
     def __init__(self, prefixes: Sequence[str]):
-        from .preprocess import open_indexed_dataset
+        from .indexed import open_indexed_dataset
         from .sft import NOT_SFT_LAYOUT, has_sft_layout
 
         self.prefixes = list(prefixes)
@@ -196,7 +197,7 @@ class _IndexedSamples:
 
     def __call__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         if self._datasets is None:
-            from .preprocess import open_indexed_dataset
+            from .indexed import open_indexed_dataset
 
             self._datasets = [open_indexed_dataset(p) for p in self.prefixes]
         p, k = self.index[i]
@@ -219,7 +220,7 @@ def _tokenizer(cfg: Config):
 def _cpt_source(cfg: Config):
     from .mixture import (MixtureParams, build_mixture, check_not_sft_dataset, load_mixture, report_table,
                           resolve_sources)
-    from .preprocess import read_document_lengths
+    from .indexed import read_document_lengths
 
     d = cfg.data
     tok = _tokenizer(cfg)
@@ -292,11 +293,6 @@ def build_source(cfg: Config):
 
 
 # ------------------------------------------------------------------------------------ sampling order
-def masking_on(cfg: Config) -> bool:
-    """Whether attention is masked across packed documents/samples."""
-    return bool(cfg.data.mask_cross_document or cfg.train.mode == "sft")
-
-
 class RankBatchSampler:
     """Global sample indices of this DP rank's micro-batches, endless, starting after ``consumed_samples``."""
 
@@ -396,7 +392,7 @@ def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_sampl
     micro_batch_size·dp_size samples, so DP=N sees the same global batches as DP=1. ``consumed_samples`` =
     global samples already consumed (resume)."""
     source = build_source(cfg)
-    dataset = SampleDataset(source, masking_on(cfg))
+    dataset = SampleDataset(source, needs_document_masking(cfg))
     sampler = RankBatchSampler(consumed_samples, cfg.train.micro_batch_size, dp_rank, dp_size)
     if dp_rank == 0:
         log.info("data: %s; masking across documents %s; starting at sample %d", source.describe(),

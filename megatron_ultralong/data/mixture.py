@@ -102,7 +102,7 @@ class Mixture:
 def resolve_sources(paths: Sequence[str]) -> List[Tuple[str, str]]:
     """(name, prefix) per source: a preprocessing output directory contributes all its sources, a dataset prefix
     (``dir/web`` for ``dir/web.bin``/``.idx``) is one source named after its file."""
-    from .preprocess import source_prefixes
+    from .indexed import source_prefixes
 
     out: List[Tuple[str, str]] = []
     for p in paths:
@@ -132,7 +132,7 @@ def check_not_sft_dataset(prefix: str | os.PathLike) -> None:
     """DataError if ``prefix`` is an SFT dataset from ``preprocess_data.py chat`` (its ``<prefix>.summary.json``
     says so, or its index has the SFT layout): its sequences alternate tokens and 0/1 loss targets, which CPT
     would read as documents — training on the target flags as text."""
-    from .preprocess import open_indexed_dataset
+    from .indexed import open_indexed_dataset
     from .sft import has_sft_layout, sft_summary_path
 
     marker = sft_summary_path(prefix)
@@ -182,7 +182,7 @@ def build_mixture(sources: Sequence[Tuple[str, str]], params: MixtureParams,
     per source) skips reading the ``.idx`` files — for tests and callers that have them already."""
     params.check()
     if lengths is None:
-        from .preprocess import read_document_lengths
+        from .indexed import read_document_lengths
 
         lengths = [read_document_lengths(prefix) for _, prefix in sources]
     lengths = [np.asarray(x, dtype=np.int64) for x in lengths]

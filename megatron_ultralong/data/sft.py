@@ -377,7 +377,7 @@ def sft_summary_path(prefix: str | os.PathLike) -> Optional[str]:
 
 def load_sft_dataset(prefix: str) -> List[Tuple[np.ndarray, np.ndarray]]:
     """(tokens, target) pairs of a dataset written by ``preprocess_chat`` (DataError if it is not one)."""
-    from .preprocess import open_indexed_dataset
+    from .indexed import open_indexed_dataset
 
     ds = open_indexed_dataset(prefix)
     if not has_sft_layout(ds):

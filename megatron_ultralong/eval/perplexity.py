@@ -134,7 +134,7 @@ class IndexedDocument:
 def documents_from_indexed(prefixes: Sequence[str], max_documents: int = 100000) -> List[IndexedDocument]:
     """The first ``max_documents`` documents of indexed datasets written by tools/preprocess_data.py, in order,
     as lazy ``IndexedDocument`` (the datasets stay open, memory-mapped, while the documents are alive)."""
-    from ..data.preprocess import open_indexed_dataset
+    from ..data.indexed import open_indexed_dataset
 
     docs: List[IndexedDocument] = []
     for prefix in prefixes:

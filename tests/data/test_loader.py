@@ -10,7 +10,8 @@ from megatron_ultralong.config import ConfigError, load_recipe
 from megatron_ultralong.data import DataError
 from megatron_ultralong.data.loader import (DaliBatchSource, RankBatchSampler, SampleDataset, build_source,
                                             build_train_iterator, dali_available, masking_on)
-from megatron_ultralong.data.preprocess import open_indexed_dataset, preprocess_text
+from megatron_ultralong.data.indexed import open_indexed_dataset
+from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
 from megatron_ultralong.data.tokenizer import load_tokenizer
 

@@ -11,7 +11,8 @@ import pytest
 
 from megatron_ultralong.data import DataError
 from megatron_ultralong.data import preprocess as pre
-from megatron_ultralong.data.preprocess import open_indexed_dataset, preprocess_text, read_summary
+from megatron_ultralong.data.indexed import open_indexed_dataset, read_summary
+from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.tokenizer import load_tokenizer
 from tests.data.conftest import CORPUS_DOCS, read_jsonl
 
