@@ -247,7 +247,8 @@ def _cpt_source(cfg: Config):
 
 
 def _sft_source(cfg: Config):
-    from .sft import decontaminate, read_chat_jsonl, tokenize_samples
+    from .decontam import decontaminate
+    from .sft import read_chat_jsonl, tokenize_samples
 
     d = cfg.data
     jsonl = [p for p in d.paths if p.endswith((".jsonl", ".json"))]

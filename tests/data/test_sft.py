@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from megatron_ultralong.data import DataError
-from megatron_ultralong.data.sft import (ChatSample, decontaminate, encode_chat, encode_hf_template, encode_llama3,
+from megatron_ultralong.data.decontam import decontaminate
+from megatron_ultralong.data.sft import (ChatSample, encode_chat, encode_hf_template, encode_llama3,
                                          load_sft_dataset, preprocess_chat, read_chat_jsonl, tokenize_samples)
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
 from megatron_ultralong.data.tokenizer import load_tokenizer
@@ -101,7 +102,7 @@ def test_preprocess_chat_writes_a_decontaminated_sft_dataset_and_report(spm_mode
     stored = load_sft_dataset(str(tmp_path / "out" / "sft"))
     expected, _ = tokenize_samples([s for s in read_chat_jsonl([chat]) if s.where != report["removed"][0]["sample"]],
                                    load_tokenizer(spm_model))
-    assert len(stored) == 59
+    assert len(stored) == len(expected) == 59
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(stored, expected))
     assert summary["target_tokens"] == sum(int(t.sum()) for _, t in stored)
 
