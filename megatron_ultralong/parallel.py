@@ -4,23 +4,20 @@
     ...
     destroy_distributed()
 
-Works under torchrun (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT), under a bare ``srun`` (SLURM_*
-variables; the launch/ scripts set MASTER_ADDR from the node list) and as a single plain process (world size 1).
-Backend: NCCL with CUDA, gloo without (``parallel.backend`` overrides). Rank order is Megatron's default
-'tp-cp-ep-dp-pp': TP ranks are adjacent, so a TP group stays inside a node.
+torchrun, bare srun and single-process launches; backends and rank order: docs/parallel.md.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
 from . import cpu_shims
-from .config import Config, ConfigError, data_parallel_size, validate
+from .config import Config, ConfigError, data_parallel_size, heads_per_tp_rank, validate
 
 
 @dataclass
@@ -107,9 +104,11 @@ def init_distributed(cfg: Config, env: Optional[LaunchEnv] = None, timeout_minut
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
+    from .model.specs import validate_context_parallel
+
     env = env or read_launch_env()
     validate(cfg, world_size=env.world_size)  # before any process group exists
-    validate_context_parallel(cfg)
+    validate_context_parallel(cfg)  # the CP checks that need this machine's attention backend
     hierarchical_cp = hierarchical_cp_sizes(cfg, _ranks_per_node(env.world_size))  # a2a+p2p only
     backend = resolve_backend(cfg)
     cpu_shims.install()
@@ -147,114 +146,17 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------------------------ context parallel
-# Megatron's CP layout ("zigzag", load-balanced causal attention): the sequence is cut into 2·cp equal chunks and
-# rank r holds chunks r and 2·cp−1−r, so every rank gets one early (cheap) and one late (expensive) chunk of the
-# causal triangle. TE's context-parallel attention and Megatron's RoPE slicing (get_pos_emb_on_this_cp_rank) both
-# assume it; our batch split, CPU attention and eval gather follow the same rule.
-
-
-def check_cp_seq_length(seq_length: int, cp_size: int, tp_size: int = 1, sequence_parallel: bool = False) -> None:
-    """Raise ConfigError unless a sequence of ``seq_length`` tokens can be laid out for this CP (× SP) layout."""
-    if cp_size > 1 and seq_length % (2 * cp_size) != 0:
-        raise ConfigError(f"parallel.cp={cp_size}: sequence length {seq_length} is not divisible by 2*cp="
-                          f"{2 * cp_size} (zigzag split); pad or cut sequences to a multiple of {2 * cp_size}")
-    if sequence_parallel:
-        unit = tp_size * (2 * cp_size if cp_size > 1 else 1)
-        if seq_length % unit != 0:
-            raise ConfigError(f"parallel.sequence_parallel with tp={tp_size}, cp={cp_size}: sequence length "
-                              f"{seq_length} is not divisible by {unit}; use a multiple of {unit}")
-
-
-def zigzag_chunk_ids(cp_size: int, cp_rank: int) -> Tuple[int, int]:
-    """The two global chunk indices (of 2·cp) that CP rank ``cp_rank`` holds, in its local order."""
-    if not 0 <= cp_rank < cp_size:
-        raise ValueError(f"cp_rank={cp_rank} outside [0, cp_size={cp_size})")
-    return cp_rank, 2 * cp_size - 1 - cp_rank
-
-
-def _split_one(t: torch.Tensor, cp_size: int, cp_rank: int, seq_dim: int) -> torch.Tensor:
-    chunks = t.chunk(2 * cp_size, dim=seq_dim)  # 2·cp views of s / (2·cp) tokens each
-    first, second = zigzag_chunk_ids(cp_size, cp_rank)
-    return torch.cat([chunks[first], chunks[second]], dim=seq_dim)
-
-
-def zigzag_split(batch: Union[torch.Tensor, Mapping[str, torch.Tensor]], cp_size: int, cp_rank: int,
-                 seq_dim: int = 1) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
-    """This CP rank's share of a batch: chunks r and 2·cp−1−r of 2·cp, concatenated along ``seq_dim``.
-
-    ``batch`` is one tensor or a dict of per-token tensors [b, s, ...] (tokens, labels, loss_mask, position_ids,
-    doc_ids — document ids are global to the sequence, so equality across the split still marks documents).
-    Every tensor must have the same length s on ``seq_dim``; s must be divisible by 2·cp (ConfigError otherwise).
-    Returns the same structure with length 2·s/(2·cp) = s/cp. cp_size == 1 returns the input unchanged.
-    """
-    if cp_size == 1:
-        return batch
-    tensors = {"": batch} if isinstance(batch, torch.Tensor) else dict(batch)
-    lengths = {k: v.shape[seq_dim] for k, v in tensors.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"zigzag_split: tensors disagree on the sequence length (dim {seq_dim}): {lengths}")
-    check_cp_seq_length(next(iter(lengths.values())), cp_size)
-    out = {k: _split_one(v, cp_size, cp_rank, seq_dim) for k, v in tensors.items()}
-    return out[""] if isinstance(batch, torch.Tensor) else out
-
-
-def zigzag_merge(shards: Sequence[torch.Tensor], seq_dim: int = 1) -> torch.Tensor:
-    """Inverse of :func:`zigzag_split`: the per-rank shards (CP rank order) -> the sequence in natural order.
-
-    Differentiable (chunk + cat), so the sdpa CP attention also uses it to order gathered keys/values.
-    """
-    cp_size = len(shards)
-    pieces: List[Optional[torch.Tensor]] = [None] * (2 * cp_size)
-    for rank, shard in enumerate(shards):
-        first, second = shard.chunk(2, dim=seq_dim)
-        a, b = zigzag_chunk_ids(cp_size, rank)
-        pieces[a], pieces[b] = first, second
-    return torch.cat(pieces, dim=seq_dim)
-
-
-def zigzag_gather(local: torch.Tensor, cp_group=None, seq_dim: int = 1) -> torch.Tensor:
-    """All-gather a per-rank tensor (e.g. eval logits [b, s/cp, v]) over the CP group and return it in natural
-    sequence order on every rank. Not differentiable (for eval outputs)."""
-    from megatron.core import parallel_state as ps
-
-    group = cp_group if cp_group is not None else ps.get_context_parallel_group()
-    cp_size = dist.get_world_size(group)
-    if cp_size == 1:
-        return local
-    shards = [torch.empty_like(local) for _ in range(cp_size)]
-    dist.all_gather(shards, local.contiguous(), group=group)
-    return zigzag_merge(shards, seq_dim=seq_dim)
-
-
-def validate_context_parallel(cfg: Config) -> None:
-    """CP checks that need the resolved attention backend or the TP split (validate() checks the rest)."""
-    from .model.specs import resolve_attention_backend
-
-    p, m = cfg.parallel, cfg.model
-    if p.cp == 1:
-        return
-    if resolve_attention_backend(m) == "local":
-        raise ConfigError(f"parallel.cp={p.cp} with model.attention_backend='local': Megatron's local attention has "
-                          f"no context parallelism; use model.attention_backend=sdpa (or te on GPU)")
-    if p.cp_comm_type == "a2a":
-        heads, groups = m.num_attention_heads // p.tp, m.num_query_groups // p.tp
-        if heads % p.cp or groups % p.cp:
-            raise ConfigError(f"parallel.cp_comm_type='a2a' splits each TP rank's {heads} query / {groups} KV heads "
-                              f"over cp={p.cp} ranks: cp must divide both; use cp_comm_type=p2p or a2a+p2p")
-
-
+# ------------------------------------------------------------------------------- hierarchical CP groups
 def hierarchical_cp_sizes(cfg: Config, ranks_per_node: int) -> Optional[List[int]]:
     """[a2a size, p2p size] of the two-level CP group for cp_comm_type='a2a+p2p' (None for other types).
 
-    The all-to-all level exchanges heads, so it must divide each TP rank's query and KV head counts, and it stays
-    inside a node (CP neighbours are tp ranks apart in Megatron's tp-cp-dp-pp order); it takes the largest size
-    that does. The p2p ring covers the rest.
+    The all-to-all level exchanges heads (it must divide each TP rank's query and KV head counts) and stays inside
+    a node; it takes the largest size that does, the p2p ring covers the rest (docs/parallel.md).
     """
-    p, m = cfg.parallel, cfg.model
+    p = cfg.parallel
     if p.cp == 1 or p.cp_comm_type != "a2a+p2p":
         return None
-    heads, groups = m.num_attention_heads // p.tp, m.num_query_groups // p.tp
+    heads, groups = heads_per_tp_rank(cfg.model, p)
     cp_per_node = max(1, ranks_per_node // p.tp)
     a2a = max(d for d in range(1, p.cp + 1)
               if p.cp % d == 0 and heads % d == 0 and groups % d == 0 and d <= cp_per_node)

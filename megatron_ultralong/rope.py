@@ -30,7 +30,7 @@ from typing import Tuple
 
 import torch
 
-from .config import ConfigError, ModelConfig, YarnConfig, head_dim as _head_dim
+from .config import ConfigError, ModelConfig, YarnConfig, check_rope_head_dim, head_dim as _head_dim
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -40,8 +40,7 @@ def _check(cond: bool, msg: str) -> None:
 
 def default_inv_freq(head_dim: int, rope_theta: float) -> torch.Tensor:
     """θ_i = base^(−2i/d) for i = 0 … d/2−1 (float32)."""
-    _check(head_dim > 0 and head_dim % 2 == 0,
-           f"head dim {head_dim} must be a positive even number: RoPE rotates channel pairs; use an even kv_channels")
+    check_rope_head_dim(head_dim)
     _check(rope_theta > 1, f"rope_theta={rope_theta}: the RoPE base must be > 1 (10000 or 500000 usually)")
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").to(torch.float32) / head_dim
     return 1.0 / (rope_theta ** exponent)

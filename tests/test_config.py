@@ -1,9 +1,11 @@
+import dataclasses
+
 import pytest
 import yaml
 
 from megatron_ultralong.config import (
-    Config, ConfigError, config_from_dict, describe, dump_recipe, list_recipes, load_recipe, parse_overrides,
-    to_dict, validate,
+    Config, ConfigError, DataConfig, config_from_dict, describe, dump_recipe, list_recipes, load_recipe,
+    parse_overrides, to_dict, validate,
 )
 
 TOY = "toy_cpt"
@@ -85,7 +87,7 @@ BAD = [
     (["parallel.cp=4"], 2, r"parallel.cp=4 exceeds the world size 2"),
     (["parallel.sequence_parallel=true"], None, r"sequence_parallel=true needs parallel.tp > 1"),
     (["parallel.cp=2", "parallel.cp_comm_type=a2a", "model.num_query_groups=1"], None,
-     r"cp_comm_type='a2a' needs parallel.cp=2 to divide model.num_query_groups=1"),
+     r"cp_comm_type='a2a' splits each TP rank's 4 query / 1 KV heads over cp=2 ranks"),
     (["model.num_query_groups=3"], None, r"num_attention_heads=4 is not divisible by model.num_query_groups=3"),
     (["yarn.factor=0"], None, r"yarn.factor=0.0: must be > 0"),
     (["yarn.target_length=32"], None, r"yarn.target_length=32 is below yarn.original_max_position_embeddings=64"),
@@ -110,21 +112,53 @@ def test_bad_config_raises_one_line_error_naming_field_and_fix(overrides, world,
 
 def test_defaults_form_a_valid_config_once_data_is_given():
     cfg = config_from_dict({"data": {"synthetic": "copy"}})
-    assert isinstance(validate(cfg, world_size=1), Config)
+    assert cfg == dataclasses.replace(Config(), data=DataConfig(synthetic="copy"))  # nothing but the defaults
+    assert validate(cfg, world_size=1) is cfg  # no ConfigError, the config itself handed back
+    with pytest.raises(ConfigError, match="data.paths is empty and data.synthetic is unset"):
+        validate(Config(), world_size=1)  # the one default that is not valid on its own
 
 
 def test_absolute_paths_resolves_every_path_key_against_the_launch_directory(tmp_path):
     from megatron_ultralong.config import PATH_KEYS, absolute_paths
 
     cfg = load_recipe("toy_cpt", ["train.run_dir=runs/a", "checkpoint.init_from=../ckpt", "data.tokenizer=tok.model",
-                                  "data.paths=[mix.json,/abs/x]", "data.eval_files=[ev.jsonl]", "eval.output_dir=~/e"])
+                                  "data.paths=[mix.json,/abs/x]", "data.eval_files=[ev.jsonl]",
+                                  "checkpoint.dir=~/c"])
     out = absolute_paths(cfg, tmp_path / "w")
     assert out.train.run_dir == str(tmp_path / "w" / "runs" / "a")
     assert out.checkpoint.init_from == str(tmp_path / "ckpt")
     assert out.data.tokenizer == str(tmp_path / "w" / "tok.model")
     assert out.data.paths == [str(tmp_path / "w" / "mix.json"), "/abs/x"]
     assert out.data.eval_files == [str(tmp_path / "w" / "ev.jsonl")]
-    assert out.eval.output_dir.startswith("/") and "~" not in out.eval.output_dir
-    assert out.checkpoint.dir is None  # unset stays unset (<run_dir>/checkpoints)
+    assert out.checkpoint.dir.startswith("/") and "~" not in out.checkpoint.dir
+    unset = absolute_paths(load_recipe("toy_cpt"), tmp_path)
+    assert unset.checkpoint.dir is None and unset.checkpoint.init_from is None  # unset stays unset
     assert cfg.train.run_dir == "runs/a"  # a copy: the input is untouched
-    assert len(PATH_KEYS) == 7
+    assert len(PATH_KEYS) == 6
+
+
+def test_configs_saved_with_the_retired_eval_section_still_load_but_recipes_naming_it_are_refused(tmp_path):
+    saved = {**to_dict(load_recipe(TOY)), "eval": {"lengths": [1024], "depths": [0.5], "output_dir": None}}
+    assert config_from_dict(saved) == load_recipe(TOY)  # checkpoint metadata written before the removal
+    with pytest.raises(ConfigError, match=r"recipe section 'eval' was removed .*; delete it"):
+        load_recipe(TOY, ["eval.lengths=[1024]"])
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump({"base": TOY, "eval": {"depths": [0.5]}}))
+    with pytest.raises(ConfigError, match=r"recipe section 'eval' was removed"):
+        load_recipe(str(recipe))
+
+
+BAD_MIXTURE = [
+    (["data.short_threshold=9000"], r"data.short_threshold=9000, data.long_threshold=8192: need 0 < short <= long"),
+    (["data.short_threshold=0"], r"data.short_threshold=0, data.long_threshold=8192: need 0 < short <= long"),
+    (["data.short_keep_ratio=1.5"], r"data.short_keep_ratio=1.5: must be in \(0, 1\]"),
+    (["data.long_upsample=0.5"], r"data.long_upsample=0.5: must be >= 1"),
+    (["data.token_budget=0"], r"data.token_budget=0: must be > 0 tokens; leave it unset"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_MIXTURE, ids=[b[1][:30] for b in BAD_MIXTURE])
+def test_bad_mixture_parameters_are_refused_by_validate_with_the_data_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_recipe(TOY, overrides))
+

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from megatron_ultralong.config import ConfigError, load_recipe, validate
-from megatron_ultralong.parallel import (
-    check_cp_seq_length, hierarchical_cp_sizes, validate_context_parallel, zigzag_chunk_ids, zigzag_merge,
-    zigzag_split,
-)
+from megatron_ultralong.config import ConfigError, check_cp_seq_length, load_recipe, validate
+from megatron_ultralong.context_parallel import zigzag_chunk_ids, zigzag_merge, zigzag_split
+from megatron_ultralong.model import rotary
+from megatron_ultralong.model.specs import validate_context_parallel
+from megatron_ultralong.parallel import hierarchical_cp_sizes
 
 
 def test_zigzag_split_gives_rank_r_chunks_r_and_2cp_minus_1_minus_r():
@@ -55,7 +55,7 @@ def test_zigzag_split_with_cp1_is_the_identity():
 
 def test_zigzag_split_rejects_length_not_divisible_by_2cp_with_the_fix():
     with pytest.raises(ConfigError, match=r"parallel.cp=3: sequence length 100 is not divisible by 2\*cp=6 \(zigzag split\); "
-                                          r"pad or cut sequences to a multiple of 6"):
+                                          r"use a multiple of 6"):
         zigzag_split(torch.zeros(1, 100), 3, 0)
 
 
@@ -66,7 +66,7 @@ def test_zigzag_split_rejects_fields_of_different_lengths():
 
 def test_sequence_parallel_needs_length_divisible_by_tp_times_2cp():
     check_cp_seq_length(48, cp_size=2, tp_size=3, sequence_parallel=True)  # 48 = 3·2·2·4
-    with pytest.raises(ConfigError, match=r"tp=2, cp=2: sequence length 36 is not divisible by 8"):
+    with pytest.raises(ConfigError, match=r"tp=2, cp=2: sequence length 36 is not divisible by tp·2·cp=8"):
         check_cp_seq_length(36, cp_size=2, tp_size=2, sequence_parallel=True)
     check_cp_seq_length(36, cp_size=2, tp_size=2, sequence_parallel=False)  # 36 % 4 == 0 suffices without SP
 
@@ -76,9 +76,9 @@ BAD_CP = [
     (["parallel.cp=3", "data.seq_length=250"], None, r"parallel.cp=3: data.seq_length=250 is not divisible by 2\*cp=6"),
     (["parallel.cp=8"], 4, r"parallel.cp=8 exceeds the world size 4; lower cp or add GPUs"),
     (["parallel.cp=4", "parallel.cp_comm_type=a2a"], None,
-     r"cp_comm_type='a2a' needs parallel.cp=4 to divide model.num_query_groups=2"),
+     r"cp_comm_type='a2a' splits each TP rank's 4 query / 2 KV heads over cp=4 ranks"),
     (["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true", "data.seq_length=244"], None,
-     r"sequence_parallel: data.seq_length=244 is not divisible by tp·2·cp=8"),
+     r"sequence_parallel with tp=2, cp=2: data.seq_length=244 is not divisible by tp·2·cp=8"),
     (["parallel.cp=2", "parallel.cp_comm_type=ring"], None, r"parallel.cp_comm_type='ring': must be one of"),
 ]
 
@@ -98,15 +98,20 @@ def test_cp_with_megatron_local_attention_is_refused_before_building():
         validate_context_parallel(cfg)
 
 
-def test_a2a_needs_cp_to_divide_the_heads_of_each_tp_rank():
-    # 8 KV heads / tp=4 = 2 per rank: cp=4 passes validate() (8 % 4 == 0) yet cannot split 2 heads
+def test_a2a_needs_cp_to_divide_the_heads_of_each_tp_rank_not_just_the_model_heads():
+    # 8 KV heads divide by cp=4, but tp=4 leaves 2 per rank: all-to-all cannot split 2 heads over 4 ranks
     cfg = load_recipe("toy_cpt", ["model.num_attention_heads=8", "model.num_query_groups=8", "model.hidden_size=128",
                                   "parallel.tp=4", "parallel.cp=4", "parallel.cp_comm_type=a2a"])
-    validate(cfg, world_size=16)
-    with pytest.raises(ConfigError, match=r"splits each TP rank's 2 query / 2 KV heads over cp=4"):
-        validate_context_parallel(cfg)
+    with pytest.raises(ConfigError, match=r"splits each TP rank's 2 query / 2 KV heads over cp=4 ranks "
+                                          r"\(model.num_attention_heads=8, model.num_query_groups=8, tp=4\)"):
+        validate(cfg, world_size=16)
     cfg.parallel.tp = 2  # 4 heads per rank: fits
+    validate(cfg, world_size=8)
     validate_context_parallel(cfg)
+    # the KV heads alone decide too: 8 query heads but 2 KV heads per rank at tp=1
+    with pytest.raises(ConfigError, match=r"splits each TP rank's 8 query / 2 KV heads over cp=4 ranks"):
+        validate(load_recipe("toy_cpt", ["model.num_attention_heads=8", "model.hidden_size=128", "parallel.cp=4",
+                                         "parallel.cp_comm_type=a2a"]), world_size=4)
 
 
 def test_a2a_p2p_puts_the_largest_head_dividing_level_inside_a_node():
@@ -122,9 +127,6 @@ def test_a2a_p2p_puts_the_largest_head_dividing_level_inside_a_node():
 
 
 def test_rotary_zigzag_positions_follow_the_batch_split():
-    rotary = pytest.importorskip("megatron_ultralong.model.rotary")
-    if not hasattr(rotary, "zigzag_positions"):
-        pytest.skip("model/rotary.py (zigzag_positions) has not landed yet")
     for cp in (1, 2, 4):
         for r in range(cp):
             expected = zigzag_split(torch.arange(64), cp, r, seq_dim=0)

@@ -130,5 +130,7 @@ def test_bad_yarn_settings_raise_config_error(overrides, message):
 def test_odd_head_dim_raises_config_error():
     with pytest.raises(ConfigError, match="head dim 63 .* odd"):
         rope.inv_freq_and_attention_factor(ModelConfig(kv_channels=63), YarnConfig(enabled=True, target_length=16384))
-    with pytest.raises(ConfigError, match="head dim 7 must be a positive even number"):
+    with pytest.raises(ConfigError, match="head dim 7 is odd: .* must be a positive even number"):
         rope.yarn_inv_freq(7, 1e4, 4.0, 256)
+    with pytest.raises(ConfigError, match="head dim 0 is not positive"):
+        rope.default_inv_freq(0, 1e4)

@@ -40,13 +40,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, needs_document_masking
 from . import DataError
 from .packing import DocumentStream, fill_from_stream, fill_whole_samples, plan_whole_samples, window_to_sample
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
+"""The tensors of every batch, in this order (the DALI outputs and train/step.py's forward step use it)."""
 Window = Tuple[np.ndarray, np.ndarray, np.ndarray]  # tokens, segment ids, target flags; each [S + 1]
 
 
@@ -293,11 +294,6 @@ def build_source(cfg: Config):
 
 
 # ------------------------------------------------------------------------------------ sampling order
-def masking_on(cfg: Config) -> bool:
-    """Whether attention is masked across packed documents/samples."""
-    return bool(cfg.data.mask_cross_document or cfg.train.mode == "sft")
-
-
 class RankBatchSampler:
     """Global sample indices of this DP rank's micro-batches, endless, starting after ``consumed_samples``."""
 
@@ -397,7 +393,7 @@ def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_sampl
     micro_batch_size·dp_size samples, so DP=N sees the same global batches as DP=1. ``consumed_samples`` =
     global samples already consumed (resume)."""
     source = build_source(cfg)
-    dataset = SampleDataset(source, masking_on(cfg))
+    dataset = SampleDataset(source, needs_document_masking(cfg))
     sampler = RankBatchSampler(consumed_samples, cfg.train.micro_batch_size, dp_rank, dp_size)
     if dp_rank == 0:
         log.info("data: %s; masking across documents %s; starting at sample %d", source.describe(),

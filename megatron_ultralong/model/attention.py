@@ -10,7 +10,7 @@ token attends only to earlier tokens of the same packed document. The softmax sc
 ``config.softmax_scale`` (it carries the YaRN temperature, see model/rotary.py).
 
 Context parallel (cp > 1): this rank's query/key/value rows are its two zigzag chunks ``(r, 2·cp−1−r)`` of the
-sequence (``parallel.zigzag_split``; Megatron's rotary module rotated them at those global positions). Keys and
+sequence (``context_parallel.zigzag_split``; Megatron's rotary module rotated them at those global positions). Keys and
 values (and document ids) are all-gathered over the CP group and put back in natural order (``zigzag_merge``); the
 query chunk with global index c then attends to the key prefix [0, (c+1)·L) with a lower-right-aligned causal mask,
 i.e. query at global position c·L+i sees keys at global positions <= c·L+i. Keys past the chunk are not even
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from torch.nn.attention.bias import causal_lower_right
 
-from ..parallel import zigzag_chunk_ids, zigzag_gather, zigzag_merge
+from ..context_parallel import zigzag_chunk_ids, zigzag_gather, zigzag_merge
 
 
 class AllGatherSequence(torch.autograd.Function):

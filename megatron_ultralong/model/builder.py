@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, head_dim, max_sequence_length
+from ..config import Config, ConfigError, head_dim, max_sequence_length, needs_document_masking
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
-from .specs import core_attention_kind, layer_spec, needs_document_masking, resolve_attention_backend
+from .specs import core_attention_kind, layer_spec, resolve_attention_backend
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 import torch
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
-from ..config import ConfigError, ModelConfig, YarnConfig, head_dim
-from ..parallel import zigzag_split
+from ..config import ModelConfig, YarnConfig, check_rope_head_dim, head_dim
+from ..context_parallel import zigzag_split
 from ..rope import inv_freq_and_attention_factor, rope_angles
 
 
@@ -52,8 +52,7 @@ class UltralongRotaryEmbedding(RotaryEmbedding):
 
     def __init__(self, model_cfg: ModelConfig, yarn_cfg: YarnConfig, cp_group=None) -> None:
         d = head_dim(model_cfg)
-        if d % 2:
-            raise ConfigError(f"model head dim {d} is odd: RoPE rotates channel pairs; use an even kv_channels")
+        check_rope_head_dim(d)  # before Megatron's constructor, which would fail less clearly
         super().__init__(kv_channels=d, rotary_percent=1.0, rotary_base=int(model_cfg.rope_theta),
                          use_cpu_initialization=True, cp_group=cp_group)
         inv_freq, self.attention_factor = inv_freq_and_attention_factor(model_cfg, yarn_cfg)

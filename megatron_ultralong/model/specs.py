@@ -48,9 +48,15 @@ def resolve_attention_backend(model: ModelConfig) -> str:
     return backend
 
 
-def needs_document_masking(cfg: Config) -> bool:
-    """Attention is masked across packed documents: always in SFT, in CPT with data.mask_cross_document."""
-    return cfg.data.mask_cross_document or cfg.train.mode == "sft"
+def validate_context_parallel(cfg: Config) -> None:
+    """The CP check that needs this machine's attention backend (config.validate checks the rest): Megatron's
+    local attention has no context parallelism."""
+    p, m = cfg.parallel, cfg.model
+    if p.cp == 1:
+        return
+    if resolve_attention_backend(m) == "local":
+        raise ConfigError(f"parallel.cp={p.cp} with model.attention_backend='local': Megatron's local attention has "
+                          f"no context parallelism; use model.attention_backend=sdpa (or te on GPU)")
 
 
 def core_attention_kind(backend: str, document_masking: bool) -> str:

@@ -28,12 +28,11 @@ from typing import Dict, List
 import torch
 
 from .. import cpu_shims
-from ..config import Config
+from ..config import Config, check_cp_seq_length, needs_document_masking
+from ..context_parallel import zigzag_split
+from ..data.loader import BATCH_KEYS
 from ..model.loss import final_hidden_states, gpt_chunked_loss, unwrap_gpt
-from ..model.specs import core_attention_kind, make_attention_mask, needs_document_masking, resolve_attention_backend
-from ..parallel import check_cp_seq_length, zigzag_split
-
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
+from ..model.specs import core_attention_kind, make_attention_mask, resolve_attention_backend
 
 
 def make_forward_step(cfg: Config):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_ultralong.config import ConfigError, load_recipe
+from megatron_ultralong.config import ConfigError, load_recipe, needs_document_masking
 from megatron_ultralong.data import DataError
-from megatron_ultralong.data.loader import (DaliBatchSource, RankBatchSampler, SampleDataset, build_source,
-                                            build_train_iterator, dali_available, masking_on)
+from megatron_ultralong.data.loader import (BATCH_KEYS, DaliBatchSource, RankBatchSampler, SampleDataset, build_source,
+                                            build_train_iterator, dali_available)
 from megatron_ultralong.data.indexed import open_indexed_dataset
 from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
@@ -172,11 +172,13 @@ def test_sft_decontaminates_chat_jsonl_when_eval_files_are_set(chat, spm_model, 
 def test_dali_external_source_yields_the_torch_path_batches(indexed, spm_model):
     cfg = _cpt_cfg(indexed, spm_model, "train.micro_batch_size=2")
     torch_batches = _take(build_train_iterator(cfg, 1, 2, consumed_samples=4), 3)
-    dataset = SampleDataset(build_source(cfg), masking_on(cfg))
+    dataset = SampleDataset(build_source(cfg), needs_document_masking(cfg))
     source = DaliBatchSource(dataset, RankBatchSampler(4, 2, 1, 2))
     for k, expected in enumerate(torch_batches):
         columns = source(SimpleNamespace(iteration=k))
-        for key, col in zip(expected, columns):
+        assert tuple(expected) == BATCH_KEYS and len(columns) == len(BATCH_KEYS)  # one column per batch key
+        for key, col in zip(BATCH_KEYS, columns, strict=True):
+            assert len(col) == 2  # micro_batch_size samples per column
             assert np.array_equal(np.stack(col), expected[key].numpy())
 
 
@@ -192,8 +194,8 @@ def test_dali_cpu_pipeline_yields_the_torch_path_batches(indexed, spm_model):
 
     cfg = _cpt_cfg(indexed, spm_model, "train.micro_batch_size=2", "data.mask_cross_document=true")
     expected = _take(build_train_iterator(cfg, 1, 2, consumed_samples=4), 4)
-    dali = _take(_dali_iterator(SampleDataset(build_source(cfg), masking_on(cfg)), RankBatchSampler(4, 2, 1, 2),
-                                threads=1, device_id=None), 4)
+    dataset = SampleDataset(build_source(cfg), needs_document_masking(cfg))
+    dali = _take(_dali_iterator(dataset, RankBatchSampler(4, 2, 1, 2), threads=1, device_id=None), 4)
     assert _same(expected, dali)
 
 

@@ -36,7 +36,8 @@ def _cp_run(rank, world, overrides, use_ddp=False):
 
     from megatron_ultralong.model.builder import build_model
     from megatron_ultralong.model.specs import make_attention_mask, resolve_attention_backend
-    from megatron_ultralong.parallel import init_distributed, zigzag_gather, zigzag_split
+    from megatron_ultralong.context_parallel import zigzag_gather, zigzag_split
+    from megatron_ultralong.parallel import init_distributed
     from megatron_ultralong.train.step import forward_backward
 
     cfg = load_recipe("toy_cpt", [f"data.seq_length={SEQ}", *overrides])
@@ -146,7 +147,8 @@ def _attention_run(rank, world, cp):
     """CP core attention on this rank's zigzag shard vs. the same module at CP=1 on the full sequence."""
     from megatron_ultralong.model.attention import SDPACoreAttention
     from megatron_ultralong.model.builder import transformer_config
-    from megatron_ultralong.parallel import init_distributed, zigzag_split
+    from megatron_ultralong.context_parallel import zigzag_split
+    from megatron_ultralong.parallel import init_distributed
 
     cfg = load_recipe("toy_cpt", [f"data.seq_length={SEQ}", f"parallel.cp={cp}", "model.num_attention_heads=8"])
     init_distributed(cfg)

@@ -9,7 +9,7 @@ import transformers
 
 from megatron_ultralong.config import ConfigError, ModelConfig, YarnConfig
 from megatron_ultralong.model.rotary import UltralongRotaryEmbedding, rope_softmax_scale, zigzag_positions
-from megatron_ultralong.parallel import zigzag_merge
+from megatron_ultralong.context_parallel import zigzag_merge
 
 MODEL = ModelConfig(hidden_size=256, num_attention_heads=4, num_query_groups=2, rope_theta=5e5,
                     max_position_embeddings=8192)

@@ -3,16 +3,16 @@ import pytest
 import torch
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-from megatron_ultralong.config import load_recipe
+from megatron_ultralong.config import load_recipe, needs_document_masking
 from megatron_ultralong.model import specs
 from megatron_ultralong.model.attention import SDPACoreAttention
 
 
 def test_sft_and_mask_cross_document_need_document_masking_plain_cpt_does_not():
-    assert specs.needs_document_masking(load_recipe("toy_sft"))
-    assert not specs.needs_document_masking(load_recipe("toy_cpt"))
-    assert specs.needs_document_masking(load_recipe("toy_cpt", ["data.mask_cross_document=true"]))
-    assert specs.needs_document_masking(load_recipe("sft"))  # the cluster recipe, on TE GPUs
+    assert needs_document_masking(load_recipe("toy_sft"))
+    assert not needs_document_masking(load_recipe("toy_cpt"))
+    assert needs_document_masking(load_recipe("toy_cpt", ["data.mask_cross_document=true"]))
+    assert needs_document_masking(load_recipe("sft"))  # the cluster recipe, on TE GPUs
 
 
 @pytest.mark.parametrize("backend, masking, kind", [("te", False, "te"), ("te", True, "sdpa"), ("sdpa", False, "sdpa"),

@@ -1,0 +1,106 @@
+"""The package's import graph has no cycle, counting imports inside functions (parsed with ast, nothing imported)."""
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+PACKAGE = "megatron_ultralong"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def _modules() -> Dict[str, Path]:
+    """Dotted name -> file of every module of the package (a package is its __init__.py)."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _targets(node: ast.AST, module: str, is_package: bool, modules: Dict[str, Path]) -> Set[str]:
+    """Package modules one import statement executes: the named module, and a name imported from a package
+    when it is a submodule."""
+    names: Set[str] = set()
+    if isinstance(node, ast.Import):
+        names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            source = ".".join(base + ([node.module] if node.module else []))
+        else:
+            source = node.module or ""
+        names.add(source)
+        names |= {f"{source}.{a.name}" for a in node.names}
+    out = set()
+    for name in names:
+        while name and name not in modules:  # 'pkg.mod.attr' -> 'pkg.mod'
+            name = name.rpartition(".")[0]
+        if name.startswith(PACKAGE + "."):
+            out.add(name)
+    return out
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    """Module -> the package modules it imports (anywhere in its body), plus the packages above each target that
+    Python runs first (except the importer's own packages, which are already being imported)."""
+    modules = _modules()
+    graph: Dict[str, Set[str]] = {}
+    for module, path in modules.items():
+        is_package = path.name == "__init__.py"
+        edges: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _targets(node, module, is_package, modules):
+                    parts = target.split(".")
+                    for i in range(2, len(parts) + 1):
+                        dep = ".".join(parts[:i])
+                        if not (module == dep or module.startswith(dep + ".")):
+                            edges.add(dep)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One cycle as [a, b, ..., a], or [] when the graph is acyclic."""
+    state: Dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: List[str] = []
+
+    def visit(node: str) -> List[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return []
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return []
+
+
+def test_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    assert len(graph) > 30
+    assert f"{PACKAGE}.config" in graph[f"{PACKAGE}.rope"]
+    assert f"{PACKAGE}.model.attention" in graph[f"{PACKAGE}.model.specs"]  # imported inside layer_spec()
+
+
+def test_find_cycle_reports_a_cycle_and_accepts_a_dag():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_package_import_graph_has_no_cycle():
+    cycle = find_cycle(import_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle) + "; move the shared code to a module both can import"
