@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config import DataConfig, TrainConfig, check_mixture_params
 from . import DataError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,20 @@ PLOT_EDGES = [0] + [1 << k for k in range(6, 24)]
 
 @dataclass
 class MixtureParams:
-    """Sampling parameters (the data section of a recipe holds the same names)."""
+    """Sampling parameters: the data section of a recipe holds the same names, and its defaults are these."""
 
-    short_threshold: int = 4096
+    short_threshold: int = DataConfig.short_threshold
     """Documents shorter than this (tokens) get short_keep_ratio."""
-    long_threshold: int = 8192
+    long_threshold: int = DataConfig.long_threshold
     """Documents longer than this (tokens) get long_upsample."""
-    short_keep_ratio: float = 0.3
+    short_keep_ratio: float = DataConfig.short_keep_ratio
     """Sampling weight of short documents."""
-    long_upsample: float = 3.0
+    long_upsample: float = DataConfig.long_upsample
     """Sampling weight of long documents."""
-    token_budget: Optional[int] = None
+    token_budget: Optional[int] = DataConfig.token_budget
     """Total document tokens of the mixture; None = one pass with the weights."""
-    seed: int = 1234
-    """Seed of the choice of which documents get a fractional extra copy."""
+    seed: int = TrainConfig.seed
+    """Seed of the choice of which documents get a fractional extra copy (a recipe uses train.seed)."""
 
     @classmethod
     def from_data_config(cls, data, seed: int) -> "MixtureParams":
@@ -67,16 +68,8 @@ class MixtureParams:
                    data.token_budget, seed)
 
     def check(self) -> None:
-        """DataError on impossible values."""
-        if not 0 < self.short_threshold <= self.long_threshold:
-            raise DataError(f"short_threshold={self.short_threshold}, long_threshold={self.long_threshold}: need "
-                            f"0 < short <= long")
-        if not 0 < self.short_keep_ratio <= 1 or self.long_upsample < 1:
-            raise DataError(f"short_keep_ratio={self.short_keep_ratio} must be in (0, 1] and long_upsample="
-                            f"{self.long_upsample} >= 1")
-        if self.token_budget is not None and self.token_budget <= 0:
-            raise DataError(f"token_budget={self.token_budget}: must be > 0 tokens; leave it unset (null) for one "
-                            f"pass over the data with the sampling weights")
+        """DataError on impossible values (the same rule validate() applies to the data section)."""
+        check_mixture_params(self, prefix="", error=DataError)
 
     def weights(self) -> np.ndarray:
         """Sampling weight per bucket (short, mid, long)."""

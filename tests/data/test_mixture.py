@@ -123,3 +123,18 @@ def test_cli_token_budget_0_is_an_error_not_one_pass(corpus, spm_model, tmp_path
         assert r.stderr.startswith(f"error: --token-budget {budget}: the budget must be at least 1 token") and \
             "omit the flag for one pass" in r.stderr
         assert not (tmp_path / "mix").exists()
+
+
+def test_mixture_defaults_are_the_recipe_defaults_and_both_use_one_range_check():
+    import dataclasses
+
+    from megatron_ultralong.config import ConfigError, DataConfig, TrainConfig, load_recipe, validate
+
+    data, params = DataConfig(), MixtureParams()
+    for f in dataclasses.fields(MixtureParams):
+        expected = TrainConfig().seed if f.name == "seed" else getattr(data, f.name)
+        assert getattr(params, f.name) == expected, f.name
+    with pytest.raises(DataError, match=r"^short_keep_ratio=1.5: must be in \(0, 1\]"):
+        MixtureParams(short_keep_ratio=1.5).check()
+    with pytest.raises(ConfigError, match=r"^data.short_keep_ratio=1.5: must be in \(0, 1\]"):
+        validate(load_recipe("toy_cpt", ["data.short_keep_ratio=1.5"]))
