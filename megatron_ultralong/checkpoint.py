@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -43,9 +42,6 @@ FORMAT = "megatron-ultralong/1"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
 ITER_PREFIX = "iter_"
-# Test-only hook: "<step>:<seconds>" makes rank 0 sleep after the checkpoint of <step> is fully written into its
-# temp directory and before it is published, so a test can SIGKILL the process mid-save deterministically.
-TEST_PAUSE_ENV = "MEGATRON_ULTRALONG_TEST_PAUSE_BEFORE_PUBLISH"
 # DistributedOptimizer state in a model-space layout that loads into any TP/PP/DP layout.
 _DIST_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                         "distrib_optim_fully_reshardable_mem_efficient": True}
@@ -65,6 +61,11 @@ def iter_dir_name(step: int) -> str:
 
 def _is_iter_name(name: str) -> bool:
     return name.startswith(ITER_PREFIX) and name[len(ITER_PREFIX):].isdigit()
+
+
+def _temp_dir(ckpt_dir: str, step: int) -> str:
+    """Where the checkpoint of ``step`` is written before it is published: '<ckpt_dir>/.iter_0000020.tmp'."""
+    return os.path.join(ckpt_dir, f".{iter_dir_name(step)}.tmp")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -235,18 +236,18 @@ def prune_checkpoints(ckpt_dir: str, keep_last: int) -> List[int]:
     return deleted
 
 
-def _test_pause(step: int) -> None:
-    raw = os.environ.get(TEST_PAUSE_ENV)
-    if not raw:
-        return
-    at, _, seconds = raw.partition(":")
-    if int(at) == step:
-        print(f"[checkpoint] test hook: pausing {seconds}s before publishing step {step}", file=sys.stderr,
-              flush=True)
-        time.sleep(float(seconds))
-
-
 # ------------------------------------------------------------------------------------------- save/load
+def _publish(ckpt_dir: str, step: int, keep_last: int) -> None:
+    """Rank 0, once the step's temp folder is complete: rename it to iter_*, point 'latest' at it, prune.
+    (tests/checkpoint_pause.py wraps this function to kill a save between writing and publishing.)"""
+    final = os.path.join(ckpt_dir, iter_dir_name(step))
+    if os.path.exists(final):  # a published-but-never-'latest' copy from a run killed between the renames
+        _remove_dir(final)
+    publish_dir(_temp_dir(ckpt_dir, step), final)
+    write_text_atomic(os.path.join(ckpt_dir, LATEST_FILE), iter_dir_name(step) + "\n")
+    prune_checkpoints(ckpt_dir, keep_last)
+
+
 def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Module"], cfg: Config, optimizer=None,
                     scheduler=None, extra: Optional[Dict[str, Any]] = None) -> str:
     """Save on all ranks and publish ``<ckpt_dir>/iter_{step:07d}`` atomically; returns its path.
@@ -271,7 +272,7 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
     }, indent=1)
     ckpt_dir = os.fspath(ckpt_dir)
     final = os.path.join(ckpt_dir, iter_dir_name(step))
-    tmp = os.path.join(ckpt_dir, f".{iter_dir_name(step)}.tmp")
+    tmp = _temp_dir(ckpt_dir, step)
     if rank0:
         os.makedirs(ckpt_dir, exist_ok=True)
         _clean_stale(ckpt_dir)
@@ -288,12 +289,7 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
 
     if rank0:
         write_text_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
-        _test_pause(step)
-        if os.path.exists(final):  # a published-but-never-'latest' copy from a run killed between the renames
-            _remove_dir(final)
-        publish_dir(tmp, final)
-        write_text_atomic(os.path.join(ckpt_dir, LATEST_FILE), iter_dir_name(step) + "\n")
-        prune_checkpoints(ckpt_dir, cfg.checkpoint.keep_last)
+        _publish(ckpt_dir, step, cfg.checkpoint.keep_last)
     dist.barrier()  # nobody returns (and maybe exits) before the checkpoint is published
     return final
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from megatron_ultralong.checkpoint import (FORMAT, TEST_PAUSE_ENV, CheckpointError, find_latest, list_checkpoints,
-                                           read_meta, resolve_checkpoint_path)
+from megatron_ultralong.checkpoint import (FORMAT, CheckpointError, find_latest, list_checkpoints, read_meta,
+                                           resolve_checkpoint_path)
 from megatron_ultralong.config import to_dict
 from tests.dist import run_ranks
 from tests.train.helpers import build_parts, params_of, toy_cfg, train_one_step
@@ -35,10 +35,12 @@ def _save_then_load_into_fresh_model(rank, world, tmp):
     model2, opt2 = build_parts(other)
     fresh_differs = any(not torch.equal(a, saved_params[n]) for n, a in params_of(model2).items())
     meta = load_checkpoint(f"{tmp}/ckpt", model2, opt2)
-    loaded = params_of(model2)
+    loaded, moments = params_of(model2), _optimizer_moments(opt2)
     return {"path": path, "fresh_differs": fresh_differs, "meta": meta,
-            "params_equal": all(torch.equal(loaded[n], p) for n, p in saved_params.items()),
-            "moments_equal": all(torch.equal(a, b) for a, b in zip(_optimizer_moments(opt2), saved_moments)),
+            "params_equal": loaded.keys() == saved_params.keys() and len(loaded) > 0
+            and all(torch.equal(loaded[n], p) for n, p in saved_params.items()),
+            "moments_equal": len(moments) == len(saved_moments) > 0
+            and all(torch.equal(a, b) for a, b in zip(moments, saved_moments)),
             "next_loss": next_loss, "next_loss_after_load": train_one_step(model2, opt2, other, seed=2)}
 
 
@@ -177,10 +179,24 @@ def test_missing_path_and_non_checkpoint_dir_are_reported(tmp_path):
 
 def test_test_pause_hook_is_inert_unless_its_step_matches(tmp_path, monkeypatch):
     from megatron_ultralong import checkpoint
+    from tests.checkpoint_pause import install
 
-    slept = []
-    monkeypatch.setattr(checkpoint.time, "sleep", slept.append)
-    monkeypatch.setenv(TEST_PAUSE_ENV, "10:2.5")
-    checkpoint._test_pause(5)
-    checkpoint._test_pause(10)
-    assert slept == [2.5]
+    published, slept = [], []
+    monkeypatch.setattr(checkpoint, "_publish", lambda ckpt_dir, step, keep_last: published.append(step))
+    install(10, 2.5, sleep=slept.append)
+    checkpoint._publish(str(tmp_path), 5, 1)
+    checkpoint._publish(str(tmp_path), 10, 1)
+    assert slept == [2.5] and published == [5, 10]
+
+
+def test_test_pause_hook_reaches_a_child_process_through_its_environment():
+    import subprocess
+    import sys
+
+    from tests.checkpoint_pause import pause_env
+
+    code = "from megatron_ultralong import checkpoint; print(checkpoint._publish.__qualname__)"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, **pause_env(10, 60)})
+    assert plain.stdout.strip() == "_publish" and hooked.stdout.strip() == "install.<locals>.paused"

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from megatron_ultralong.checkpoint import TEST_PAUSE_ENV
 from megatron_ultralong.train import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED
+from tests.checkpoint_pause import pause_env
 from tests.train.helpers import latest_name, launch, losses, read_metrics, run, sigkill, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_sigkill_right_after_a_checkpoint_then_relaunch_reproduces_run_a_bit_for
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(run_a, tmp_path):
     a_dir, a = run_a
     ckpt = tmp_path / "checkpoints"
-    p = launch(tmp_path, *STEPS, "checkpoint.interval=5", env={TEST_PAUSE_ENV: "10:60"})
+    p = launch(tmp_path, *STEPS, "checkpoint.interval=5", env=pause_env(10, 60))
     # the step-10 checkpoint is completely written (meta.json is the last file) but not yet published
     wait_until(lambda: (ckpt / ".iter_0000010.tmp" / "meta.json").exists(), p)
     sigkill(p)
