@@ -24,7 +24,7 @@ CASES = {  # Llama: GQA + llama3 RoPE, untied; Qwen2: QKV bias, tied and untied;
 
 def assert_bit_identical(src_dir, out_dir):
     src, out = read_hf_tensors(src_dir), read_hf_tensors(out_dir)
-    assert sorted(out) == sorted(src)
+    assert sorted(out) == sorted(src) and src
     for name, t in src.items():
         assert out[name].dtype == t.dtype and torch.equal(out[name], t), name
 

@@ -35,6 +35,7 @@ def test_separator_closes_each_document_and_boundaries_follow_documents():
     stream = np.concatenate([np.r_[d, SEP] for d in docs])
     flat = packed.tokens[:, :-1].ravel()[: len(stream)]
     assert np.array_equal(flat, stream)
+    assert len(packed.tokens) == len(packed.doc_ids) == len(packed.cu_seqlens) == len(packed.window_docs) > 0
     for row, ids, cu, members in zip(packed.tokens, packed.doc_ids, packed.cu_seqlens, packed.window_docs):
         assert cu[0] == 0 and cu[-1] == 17 and len(cu) - 1 == len(members)
         for (a, b), doc in zip(zip(cu[:-1], cu[1:]), members):
@@ -85,6 +86,7 @@ def test_whole_sample_packing_never_splits_samples_and_drops_the_too_long():
     packed, dropped = pack_whole_samples(samples, 32, pad_id=-1, seed=2)
     assert dropped == [60] and packed.tokens.shape[1] == 33
     seen = Counter()
+    assert len(packed.tokens) == len(packed.doc_ids) == len(packed.target) == len(packed.window_docs) > 0
     for row, ids, tgt, members in zip(packed.tokens, packed.doc_ids, packed.target, packed.window_docs):
         for k, i in enumerate(m for m in members if m >= 0):
             span = ids == k
