@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 from .checkpoint import list_checkpoints, read_meta
+from .config import YarnConfig
+from .rope import resolved_yarn_factor
 from .train import EXIT_OK, EXIT_PREEMPTED
 
 RECIPE = "toy_cpt"
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
         return 1
 
     recs = _metrics(run_dir)
-    factor = target / cfg["yarn"]["original_max_position_embeddings"]
+    factor = resolved_yarn_factor(YarnConfig(**cfg["yarn"]))
     first, last = recs[0]["loss"], recs[-1]["loss"]
     summary = {"data": {k: data[k] for k in ("docs", "tokens", "draws", "tokenizer", "mixture")},
                "cpt": {"steps": len(recs), "loss_first": first, "loss_last": last, **trained,

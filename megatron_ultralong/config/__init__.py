@@ -16,8 +16,6 @@ from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COM
 from .validation import (check_a2a_heads, check_cp_seq_length, check_mixture_params, check_rope_head_dim, validate,
                          validate_yarn)
 
-DTYPES = DTYPE_NAMES  # old name, until its users are renamed (next commit)
-
 __all__ = [
     # schema
     "ConfigError", "Config", "ModelConfig", "YarnConfig", "ParallelConfig", "DataConfig", "OptimConfig",

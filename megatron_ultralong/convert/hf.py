@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..atomic import atomic_dir
-from ..config import DTYPES, Config, DataConfig, ParallelConfig, validate
+from ..config import DTYPE_NAMES, Config, DataConfig, ParallelConfig, validate
 from . import ConvertError, VerificationError, log
 from .assets import ASSETS_DIR, copy_assets, find_hf_assets, tokenizer_fallback
 from .hf_config import hf_config_from_model, hf_dtype, model_config_from_hf
@@ -50,8 +50,8 @@ def _staged(out: str):
 
 # -------------------------------------------------------------------------------------- validation
 def _check_dtype(dtype: Optional[str]) -> None:
-    if dtype is not None and dtype not in DTYPES:
-        raise ConvertError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ConvertError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
 
 
 def _validate_model_and_layout(cfg: Config) -> None:
@@ -149,7 +149,7 @@ def convert_hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtyp
         for n in notes:
             log(n)  # normalisations the user should know of, even when quiet
         with _staged(out) as (final, tmp), single_process():
-            from ..model.builder import DTYPES as TORCH_DTYPES
+            from ..model.builder import TORCH_DTYPES
 
             torch_dtype = TORCH_DTYPES[dtype]
             model = conversion_model(cfg)
@@ -232,7 +232,7 @@ def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_
 
         md = dist_checkpointing.load_tensors_metadata(iter_dir)
         _check_checkpoint_tensors(md, table, model_cfg, dims, iter_dir)
-        from ..model.builder import DTYPES as TORCH_DTYPES
+        from ..model.builder import TORCH_DTYPES
 
         stored = md["embedding.word_embeddings.weight"].dtype
         dtype = dtype or next((k for k, v in TORCH_DTYPES.items() if v == stored), "fp32")

@@ -3,24 +3,7 @@
     model, yarn, notes = model_config_from_hf(json.load(open("hf/config.json")))
     hf = hf_config_from_model(model, yarn, dtype="bf16", template=source_config_json)
 
-RoPE scaling, in: ``default``, ``linear``, ``llama3`` (Llama-3.1 as released) and ``yarn`` (released 1M/2M/4M
-checkpoints carry it, and stages chain across formats). Out: the same types; a model with YaRN enabled is always
-written as ``yarn``. Readers differ in where they look, so the exported config says the same thing in every place:
-
-| reader                      | reads                                                                   |
-|-----------------------------|-------------------------------------------------------------------------|
-| transformers 5.x            | ``rope_scaling`` if present, else ``rope_parameters`` (theta inside)    |
-| transformers 4.x            | ``rope_scaling`` + top-level ``rope_theta``                             |
-| vLLM                        | the transformers config object (either of the above)                    |
-
-YaRN numbers: ``factor``, ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, and
-``max_position_embeddings`` = factor × original (= yarn.target_length). Some transformers 4.x releases and vLLM
-derive the factor or the servable length from that product instead of reading ``factor``, so it must hold exactly.
-The attention temperature: transformers multiplies cos and sin by ``attention_factor`` (so q·k by its square) and,
-when it is absent, uses 0.1·ln(factor) + 1; vLLM multiplies 0.1·ln(factor) + 1 by ``attn_factor`` (default 1). Our
-model's temperature is 0.1·mscale·ln(factor) + 1 (``yarn.mscale``; with ``yarn.mscale_all_dim`` ≠ 0 divided by
-0.1·mscale_all_dim·ln(factor) + 1); with the default mscale = 1 nothing more is written and every reader computes
-the same value; otherwise ``attention_factor`` (transformers) and ``attn_factor`` (vLLM) are both written.
+RoPE scaling types in and out, and what each reader (transformers 4.x / 5.x, vLLM) looks at: docs/yarn.md.
 """
 from __future__ import annotations
 
@@ -50,9 +33,10 @@ REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attent
 # what transformers assumes for a key config.json leaves out
 HF_DEFAULTS: Dict[str, Any] = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "initializer_range": 0.02}
 
-# config.json dtype names <-> ours
-DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-HF_DTYPES = {v: k for k, v in DTYPES.items()}
+HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Our dtype name (config.DTYPE_NAMES) -> config.json's name for it."""
+DTYPE_NAMES_FROM_HF = {v: k for k, v in HF_DTYPE_NAMES.items()}
+"""config.json dtype name -> ours."""
 
 # keys the exporter writes itself; a template's values for them are dropped
 _OWNED = {k for k, _ in FIELDS} | {"max_position_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "dtype",
@@ -66,20 +50,10 @@ def default_attention_factor(factor: float) -> float:
     return rope.yarn_attention_factor(factor)
 
 
-def yarn_attention_factor(yarn: YarnConfig, factor: float) -> float:
-    """Our model's YaRN temperature for these settings (multiplies cos and sin; q·k by its square)."""
-    return rope.yarn_attention_factor(factor, yarn.mscale, yarn.mscale_all_dim)
-
-
-def yarn_factor(yarn: YarnConfig) -> float:
-    """yarn.factor, or target_length / original_max_position_embeddings when unset (as the rotary module does)."""
-    return rope.resolved_yarn_factor(yarn)
-
-
 # ------------------------------------------------------------------------------------------------- in
 def hf_dtype(hf: Dict[str, Any]) -> Optional[str]:
     """Our dtype name for config.json's 'dtype' (5.x) / 'torch_dtype' (4.x), or None when absent or unknown."""
-    return DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype") or ""))
+    return DTYPE_NAMES_FROM_HF.get(str(hf.get("dtype") or hf.get("torch_dtype") or ""))
 
 
 def _rope_parameters(hf: Dict[str, Any]) -> Tuple[Dict[str, Any], float]:
@@ -178,8 +152,7 @@ def _yarn_from_hf(params: Dict[str, Any], max_pos: int) -> Tuple[YarnConfig, Lis
     if attention is None:
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
         if mscale and mscale_all_dim:  # transformers' DeepSeek convention: the ratio, only when both are set
-            attention = (0.1 * mscale * math.log(factor) + 1) / (0.1 * mscale_all_dim * math.log(factor) + 1) \
-                if factor > 1 else 1.0
+            attention = rope.yarn_attention_factor(factor, mscale, mscale_all_dim)
         else:
             attention = default_attention_factor(factor)
         if params.get("attn_factor") not in (None, 1, 1.0):
@@ -199,7 +172,7 @@ def _yarn_from_hf(params: Dict[str, Any], max_pos: int) -> Tuple[YarnConfig, Lis
 def rope_scaling_for(model: ModelConfig, yarn: YarnConfig) -> Tuple[Optional[Dict[str, Any]], int]:
     """(rope_scaling dict or None for plain RoPE, max_position_embeddings) of the model as configured."""
     if yarn.enabled:
-        factor = yarn_factor(yarn)
+        factor = rope.resolved_yarn_factor(yarn)
         original = yarn.original_max_position_embeddings
         if not math.isclose(factor * original, yarn.target_length, rel_tol=1e-12):
             raise ConvertError(f"yarn.factor={factor:g} × yarn.original_max_position_embeddings={original} = "
@@ -209,7 +182,7 @@ def rope_scaling_for(model: ModelConfig, yarn: YarnConfig) -> Tuple[Optional[Dic
                                f"unset yarn.factor or make target_length = factor × original")
         scaling: Dict[str, Any] = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original,
                                    "beta_fast": float(yarn.beta_fast), "beta_slow": float(yarn.beta_slow)}
-        attention = yarn_attention_factor(yarn, factor)
+        attention = rope.yarn_attention_factor(factor, yarn.mscale, yarn.mscale_all_dim)
         default = default_attention_factor(factor)
         if not math.isclose(attention, default, rel_tol=0, abs_tol=1e-12):
             scaling["attention_factor"] = attention  # transformers: replaces 0.1·ln(factor) + 1
@@ -252,7 +225,7 @@ def hf_config_from_model(model: ModelConfig, yarn: YarnConfig, dtype: str, templ
     out["rope_theta"] = theta                       # transformers 4.x / vLLM
     out["rope_scaling"] = scaling                   # transformers 4.x / vLLM (and 5.x, which prefers it)
     out["rope_parameters"] = {**(scaling or {"rope_type": "default"}), "rope_theta": theta}  # transformers 5.x
-    out["dtype"] = out["torch_dtype"] = HF_DTYPES[dtype]  # 5.x reads 'dtype', 4.x 'torch_dtype'
+    out["dtype"] = out["torch_dtype"] = HF_DTYPE_NAMES[dtype]  # 5.x reads 'dtype', 4.x 'torch_dtype'
     if "layer_types" in out:
         out["layer_types"] = ["full_attention"] * model.num_layers
     return dict(sorted(out.items()))

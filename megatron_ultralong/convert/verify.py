@@ -59,7 +59,7 @@ def verify_hf_against_megatron(hf_dir: str, ckpt: str, seq_len: Optional[int] = 
             warnings.simplefilter("ignore", FutureWarning)  # torch's DCP deprecation notes
             load_checkpoint(ckpt, [model])
         if weights_dtype is not None:
-            from ..model.builder import DTYPES as TORCH_DTYPES
+            from ..model.builder import TORCH_DTYPES
 
             for param in model.parameters():
                 param.copy_(param.to(TORCH_DTYPES[weights_dtype]).float())

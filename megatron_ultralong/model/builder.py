@@ -18,7 +18,8 @@ from ..config import Config, ConfigError, head_dim, max_sequence_length, needs_d
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
 from .specs import core_attention_kind, layer_spec, resolve_attention_backend
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""config.DTYPE_NAMES -> the torch dtype."""
 
 # our field (section.name) -> TransformerConfig field, copied as is
 _SAME: Dict[str, str] = {
@@ -49,8 +50,8 @@ _DERIVED: Dict[str, Callable[[Config], Any]] = {
     "add_bias_linear": lambda c: False,
     "hidden_dropout": lambda c: 0.0,
     "attention_dropout": lambda c: 0.0,
-    "params_dtype": lambda c: DTYPES[c.model.params_dtype],
-    "pipeline_dtype": lambda c: DTYPES[c.model.params_dtype],
+    "params_dtype": lambda c: TORCH_DTYPES[c.model.params_dtype],
+    "pipeline_dtype": lambda c: TORCH_DTYPES[c.model.params_dtype],
     "bf16": lambda c: c.model.params_dtype == "bf16",
     "fp16": lambda c: c.model.params_dtype == "fp16",
     "fp8": lambda c: c.model.fp8,

@@ -24,8 +24,9 @@ import torch.distributed as dist
 from .. import cpu_shims
 from ..checkpoint import CheckpointError, find_latest, layout_summary, load_checkpoint, save_checkpoint
 from ..config import Config, checkpoint_dir, config_from_dict, dump_recipe
-from ..model.builder import DTYPES, build_model
+from ..model.builder import TORCH_DTYPES, build_model
 from ..parallel import destroy_distributed, init_distributed
+from ..rope import resolved_yarn_factor
 from . import EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
 from .metrics import MetricsLogger, memory_gb, peak_flops_per_gpu, train_flops_per_token
 from .schedule import LRSchedule
@@ -96,7 +97,7 @@ def build_optimizer(cfg: Config, model_chunks: List[torch.nn.Module], use_distri
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
         use_distributed_optimizer=use_distributed_optimizer,
-        bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=DTYPES[dtype],
+        bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=TORCH_DTYPES[dtype],
     )
     with megatron_optimizer_shims():
         optimizer = get_megatron_optimizer(ocfg, model_chunks)
@@ -274,7 +275,6 @@ class Trainer:
 def _rope_name(cfg: Config) -> str:
     """'yarn x128', 'llama3 x8' or 'default': the position encoding a config builds."""
     if cfg.yarn.enabled:
-        factor = cfg.yarn.factor or cfg.yarn.target_length / cfg.yarn.original_max_position_embeddings
-        return f"yarn x{factor:g}"
+        return f"yarn x{resolved_yarn_factor(cfg.yarn):g}"
     m = cfg.model
     return m.rope_type if m.rope_type == "default" else f"{m.rope_type} x{m.rope_factor:g}"

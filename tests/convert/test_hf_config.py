@@ -10,8 +10,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from megatron_ultralong.config import YarnConfig, head_dim, load_recipe
 from megatron_ultralong.convert import ConvertError
-from megatron_ultralong.convert.hf_config import (default_attention_factor, hf_config_from_model,
-                                                  model_config_from_hf, yarn_attention_factor)
+from megatron_ultralong.convert.hf_config import default_attention_factor, hf_config_from_model, model_config_from_hf
+from megatron_ultralong.rope import yarn_attention_factor
 from tests.convert.helpers import needs_real_rotary
 
 # config.json of meta-llama/Llama-3.1-8B-Instruct and Qwen/Qwen2-7B-Instruct as published
@@ -105,7 +105,7 @@ def test_exported_yarn_config_is_read_the_same_by_every_reader():
 @pytest.mark.parametrize("fields", [{"mscale": 0.8}, {"mscale": 1.0, "mscale_all_dim": 0.5}])
 def test_non_default_temperature_is_written_for_transformers_and_for_vllm(fields):
     model, yarn, hf = _exported_yarn(**fields)
-    ours = yarn_attention_factor(yarn, 128.0)
+    ours = yarn_attention_factor(128.0, yarn.mscale, yarn.mscale_all_dim)
     assert ours != pytest.approx(default_attention_factor(128.0))
     for name, d in _reader_views(hf).items():
         assert _transformers_rope(d)[1] == pytest.approx(ours, rel=1e-12), name
@@ -113,7 +113,7 @@ def test_non_default_temperature_is_written_for_transformers_and_for_vllm(fields
     assert vllm == pytest.approx(ours, rel=1e-12)
     # and back in: one temperature, in our mscale convention
     _, yarn_back, _ = model_config_from_hf(hf)
-    assert yarn_attention_factor(yarn_back, 128.0) == pytest.approx(ours, rel=1e-12)
+    assert yarn_attention_factor(128.0, yarn_back.mscale, yarn_back.mscale_all_dim) == pytest.approx(ours, rel=1e-12)
 
 
 @pytest.mark.parametrize("hf", [LLAMA31_8B, LLAMA_1M_YARN, QWEN2_7B], ids=["llama3", "yarn", "default"])
