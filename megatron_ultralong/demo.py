@@ -144,7 +144,8 @@ def evaluate(hf_dir: Path, tokenizer_path: str, out_dir: Path, target: int) -> d
 
     from .data.synthetic import synthetic_documents, write_jsonl
     from .data.tokenizer import load_tokenizer
-    from .eval.niah import INTRO, NEEDLE, QUESTION, hf_generate_fn, run_grid
+    from .eval.hf import hf_generate
+    from .eval.niah import INTRO, NEEDLE, QUESTION, run_grid
     from .eval.perplexity import hf_nll_fn, perplexity_by_length
     from .eval.plots import niah_heatmap, perplexity_plot
 
@@ -153,7 +154,7 @@ def evaluate(hf_dir: Path, tokenizer_path: str, out_dir: Path, target: int) -> d
     room = 16  # the answer's tokens must fit in the window too
     lengths = [n for n in (target // 2, target - room) if n > skeleton + 32] or [target - room]
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    grid = run_grid(hf_generate_fn(model, tok), tok, lengths, NIAH_DEPTHS, samples_per_cell=1, seed=0,
+    grid = run_grid(hf_generate(model, tok), tok, lengths, NIAH_DEPTHS, samples_per_cell=1, seed=0,
                     log=lambda m: _say(f"    {m}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "niah.jsonl", grid["cells"])

@@ -1,48 +1,13 @@
 #!/usr/bin/env python3
-"""Hugging Face model folder -> Megatron distributed checkpoint (the trainer's checkpoint.init_from).
+"""HF model folder -> Megatron distributed checkpoint; installed as `ultralong-convert-from-hf` (same options).
 
     python tools/convert_from_hf.py --hf hf/Llama-3.1-8B-Instruct --out ckpt/llama31-8b --tp 8 --pp 1 --dtype bf16
 
-Reads config.json + safetensors (sharded index or one file) layer by layer; writes <out>/iter_0000000, <out>/latest
-and <out>/hf_assets (source config + tokenizer files, used by tools/convert_to_hf.py). Runs on CPU in one process;
---tp/--pp are checked against the heads/layers and recorded (the checkpoint reshards to any layout on load).
-Exit 0 on success, 2 on bad input (one line on stderr).
+The code and its options: megatron_ultralong/cli/convert_from_hf.py (--help).
 """
-import os
 import sys
-import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-
-def main(argv=None) -> int:
-    from megatron_ultralong.cli import OneLineParser
-
-    p = OneLineParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hf", required=True, help="HF model folder: config.json + *.safetensors (+ tokenizer files)")
-    p.add_argument("--out", required=True, help="checkpoint directory to create (must not exist, or be empty)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint is meant for")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size the checkpoint is meant for")
-    p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
-                   help="dtype of the stored weights (default: config.json's)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    a = p.parse_args(argv)
-
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # conversion is CPU work; keep the GPUs (and their init) out of it
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")  # TE/apex absent: irrelevant here
-    from megatron_ultralong.checkpoint import CheckpointError
-    from megatron_ultralong.config import ConfigError
-    from megatron_ultralong.convert import ConvertError, convert_hf_to_megatron
-
-    try:
-        r = convert_hf_to_megatron(a.hf, a.out, tp=a.tp, pp=a.pp, dtype=a.dtype, progress=not a.quiet)
-    except (ConvertError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {r['path']} ({r['arch']}, {r['dtype']}, meant for tp={r['tp']} pp={r['pp']}) in "
-          f"{r['seconds']:.1f}s; train from it with checkpoint.init_from={r['path']}")
-    return 0
-
+from megatron_ultralong.cli.convert_from_hf import main
 
 if __name__ == "__main__":  # dist_checkpointing's writer starts a spawned helper process that re-imports this file
     sys.exit(main())

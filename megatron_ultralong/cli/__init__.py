@@ -1,9 +1,8 @@
-"""What every command-line entry point shares (tools/*.py, ``python -m megatron_ultralong.train``).
+"""Command-line entry points (one module per tools/*.py) and what they share.
 
     parser = OneLineParser(prog="tools/x.py", description="...")   # errors: one line, exit 2; --help shows defaults
     parser.add_argument("--lengths", type=comma_ints)               # "4096,8192" -> [4096, 8192]
-    add_eval_output_args(parser)                                    # --dtype, --out of every tools/eval_*.py
-    return below_minimum(score, a.min_score, "--min-score", "average score")   # the exit code of a --min-* gate
+    except EvalError as e: return bad_input(e)                      # "error: <message>" on stderr, EXIT_BAD_INPUT
 """
 from __future__ import annotations
 
@@ -11,7 +10,13 @@ import argparse
 import sys
 
 EXIT_BAD_INPUT = 2
-"""Exit code of every entry point on bad input (a bad flag, file, recipe or checkpoint)."""
+"""Exit code of every entry point on bad input (a bad flag, file, recipe or checkpoint): one line on stderr."""
+
+
+def bad_input(error) -> int:
+    """Print ``error`` as the one ``error:`` line on stderr; returns EXIT_BAD_INPUT (``return bad_input(e)``)."""
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,8 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(bad_input(f"{message} (see --help)"))
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -49,16 +53,6 @@ def comma_floats(text: str) -> list:
     return [float(x) for x in text.split(",") if x]
 
 
-def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
-    """The options every evaluation tool (tools/eval_*.py) ends with: --dtype of the model run, --out folder."""
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
-    parser.add_argument("--out", required=True, help="output directory")
-
-
-def below_minimum(value: float, minimum, flag: str, what: str) -> int:
-    """Exit code of an evaluation's optional gate (--min-score, --min-accuracy): 1 after a one-line error when
-    ``minimum`` is set and ``value`` is below it, else 0."""
-    if minimum is not None and value < minimum:
-        print(f"error: {what} {value:.3f} is below {flag} {minimum}", file=sys.stderr)
-        return 1
-    return 0
+def comma_strs(text: str) -> list:
+    """"passkey,kv_retrieval," -> ["passkey", "kv_retrieval"] (empty items dropped)."""
+    return [x for x in text.split(",") if x]

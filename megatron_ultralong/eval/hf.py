@@ -1,14 +1,16 @@
-"""Loading an exported Hugging Face model folder for evaluation, with one-line errors instead of tracebacks.
+"""An exported Hugging Face model folder for evaluation: loading (one-line errors) and greedy decoding.
 
     check_hf_folder(path)             # EvalError unless it holds a config.json
     tok = load_hf_tokenizer(path)     # EvalError naming --hf-assets when no tokenizer files were exported
     model = load_hf_model(path, "bf16")   # on the GPU when there is one, in eval mode
+    generate = hf_generate(model, tok)    # generate(prompt_ids[, max_new_tokens]) -> text
 """
 from __future__ import annotations
 
 import os
+from typing import Callable, List
 
-from .niah import EvalError
+from . import EvalError
 
 
 def check_hf_folder(path: str) -> None:
@@ -16,6 +18,15 @@ def check_hf_folder(path: str) -> None:
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise EvalError(f"--hf {path}: no config.json there; point it at an exported HF model directory "
                         f"(python tools/convert_to_hf.py ...)")
+
+
+def read_hf_config(path: str) -> dict:
+    """The folder's config.json (EvalError unless there is one)."""
+    import json
+
+    check_hf_folder(path)
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
 
 
 def load_hf_tokenizer(path: str):
@@ -42,3 +53,22 @@ def load_hf_model(path: str, dtype: str = "bf16"):
     if torch.cuda.is_available():
         model = model.cuda()
     return model.eval()
+
+
+def hf_generate(model, tokenizer, max_new_tokens: int = 10, *,
+                skip_special_tokens: bool = False) -> Callable[..., str]:
+    """Greedy decoding with a transformers causal LM: ``generate(prompt_ids, max_new_tokens=<this default>) ->``
+    the decoded continuation (without the tokenizer's special tokens, e.g. an end-of-turn marker, when
+    ``skip_special_tokens``). NIAH calls it with the ids only, RULER and InfiniteBench with a per-task budget."""
+    import torch
+
+    def generate(prompt_ids: List[int], max_new_tokens: int = max_new_tokens) -> str:
+        ids = torch.tensor([prompt_ids], device=model.device)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=model.config.eos_token_id
+                                 if isinstance(model.config.eos_token_id, int) else 0)
+        new = out[0, len(prompt_ids):].tolist()  # our own tokenizers' decode takes no skip_special_tokens
+        return tokenizer.decode(new, skip_special_tokens=True) if skip_special_tokens else tokenizer.decode(new)
+
+    return generate

@@ -46,7 +46,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .niah import EvalError
+from . import EvalError
+from .hf import read_hf_config
 
 GenerateFn = Callable[[List[int], int], str]
 CHOICES = "ABCD"
@@ -369,6 +370,46 @@ def check_max_length(tasks: Sequence[str], max_length: int) -> None:
     if small:
         raise EvalError(f"--max-length {max_length} leaves no room for the prompt of {sorted(small)} (they generate "
                         f"{sorted(set(small.values()))} tokens); give the model's context length")
+
+
+def resolve_max_length(hf_dir: str, max_length: Optional[int] = None) -> int:
+    """``max_length``, or the model's max_position_embeddings when None; EvalError when it is not >= 1."""
+    if max_length is None:
+        max_length = int(read_hf_config(hf_dir).get("max_position_embeddings") or 0)
+    if max_length < 1:
+        raise EvalError(f"--max-length {max_length}: give the model's context length in tokens")
+    return max_length
+
+
+class PredictionFiles:
+    """``on_prediction`` for run_infinitebench that writes ``<out>/preds_<task>.jsonl`` as predictions are made
+    (``.partial`` while running, so a killed run keeps what it did; renamed when the ``with`` block succeeds).
+
+        with PredictionFiles(out) as stream:
+            res = run_infinitebench(..., on_prediction=stream)
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self._files = out_dir, {}
+
+    def _path(self, task: str, partial: bool) -> str:
+        return os.path.join(self.out_dir, f"preds_{task}.jsonl" + (".partial" if partial else ""))
+
+    def __call__(self, task: str, record: Dict[str, Any]) -> None:
+        if task not in self._files:
+            self._files[task] = open(self._path(task, True), "w", encoding="utf8")
+        self._files[task].write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._files[task].flush()
+
+    def __enter__(self) -> "PredictionFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for f in self._files.values():
+            f.close()
+        if exc_type is None:
+            for task in self._files:
+                os.replace(self._path(task, True), self._path(task, False))
 
 
 def run_infinitebench(generate: GenerateFn, tokenizer, tasks: Dict[str, List[Sample]], max_length: int,

@@ -8,7 +8,7 @@ Everything happens in token space, so a sample has exactly ``length`` prompt tok
     grid = run_grid(generate, tokenizer, lengths=[131072, 1048576], depths=[0, .25, .5, .75, 1])
     grid["accuracy"]     # overall fraction correct; grid["cells"] holds each (length, depth)
 
-``generate(prompt_ids) -> str`` is any greedy decoder (``hf_generate_fn`` wraps a transformers model).
+``generate(prompt_ids) -> str`` is any greedy decoder (``eval.hf.hf_generate`` wraps a transformers model).
 """
 from __future__ import annotations
 
@@ -18,15 +18,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+from . import EvalError
+
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the important information there.\n")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
-
-
-class EvalError(ValueError):
-    """Bad evaluation input; the message says what and how to fix it."""
 
 
 @dataclass
@@ -106,23 +104,6 @@ def run_grid(generate: Callable[[List[int]], str], tokenizer, lengths: Sequence[
                     f"[{done}/{total}, eta {eta:.0f}s]")
     acc = sum(c["accuracy"] for c in cells) / len(cells)
     return {"accuracy": acc, "lengths": list(lengths), "depths": list(depths), "cells": cells}
-
-
-def hf_generate_fn(model, tokenizer, max_new_tokens: int = 10,
-                   skip_special_tokens: bool = False) -> Callable[[List[int]], str]:
-    """Greedy decoding with a transformers causal LM; returns the decoded continuation."""
-    import torch
-
-    def generate(prompt_ids: List[int]) -> str:
-        ids = torch.tensor([prompt_ids], device=model.device)
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=model.config.eos_token_id
-                                 if isinstance(model.config.eos_token_id, int) else 0)
-        new = out[0, len(prompt_ids):].tolist()  # our own tokenizers' decode takes no skip_special_tokens
-        return tokenizer.decode(new, skip_special_tokens=True) if skip_special_tokens else tokenizer.decode(new)
-
-    return generate
 
 
 def sample_as_dict(sample: NiahSample) -> Dict:

@@ -20,13 +20,15 @@ transformers causal LM of the Llama / Qwen2 families, the ones the converters ex
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .niah import EvalError
+from . import EvalError
+from .hf import check_hf_folder, read_hf_config
 
 NllFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -161,3 +163,31 @@ def documents_from_jsonl(paths: Sequence[str], tokenizer, text_key: str = "text"
                                     f"with the field holding the text") from None
                 docs.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
     return docs
+
+
+def prepare_inputs(hf_dir: str, data: Sequence[str], tokenizer: Optional[str] = None, text_key: str = "text",
+                   lengths: Sequence[int] = (4096, 8192), documents: int = 4, tail: int = 1024, chunk: int = 4096
+                   ) -> Tuple[list, List[Tuple[int, List[np.ndarray]]]]:
+    """(documents, plan_windows plan) of ``data`` (.jsonl files tokenized with ``tokenizer`` or the model's, or
+    indexed-dataset prefixes), after every check that needs no model: EvalError (or DataError) naming the flag."""
+    check_hf_folder(hf_dir)
+    jsonl = [d for d in data if d.endswith(".jsonl")]
+    if jsonl and len(jsonl) != len(data):
+        raise EvalError("--data: give either .jsonl files or indexed-dataset prefixes, not both")
+    if jsonl:
+        for d in jsonl:
+            if not os.path.isfile(d):
+                raise EvalError(f"--data {d}: no such file")
+        from ..data.tokenizer import load_tokenizer
+
+        docs = documents_from_jsonl(jsonl, load_tokenizer(tokenizer or hf_dir), text_key)
+    else:
+        docs = documents_from_indexed(data)
+    plan = plan_windows(docs, lengths, documents)
+    vocab = int(read_hf_config(hf_dir).get("vocab_size") or 0)
+    if vocab and any(len(w) and int(w.max()) >= vocab for _, windows in plan for w in windows):
+        raise EvalError(f"--data holds token ids >= the model's vocab_size {vocab}: it was tokenized with "
+                        f"another tokenizer; preprocess it with the model's")
+    if tail < 1 or chunk < 1:
+        raise EvalError(f"--tail {tail} / --chunk {chunk}: both must be >= 1")
+    return docs, plan

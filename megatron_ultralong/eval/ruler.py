@@ -18,7 +18,7 @@ sample's answers found verbatim in the completion, averaged per (task, length).
     res = run_ruler(generate, tokenizer, tasks=TASKS, lengths=[131072, 1048576], samples_per_cell=4)
     res["scores"]["variable_tracking"]["1048576"], res["average"]
 
-``generate(prompt_ids, max_new_tokens) -> str`` is any greedy decoder (``hf_generate`` wraps transformers).
+``generate(prompt_ids, max_new_tokens) -> str`` is any greedy decoder (``eval.hf.hf_generate`` wraps transformers).
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .niah import FILLER, EvalError
+from . import EvalError
+from .niah import FILLER
 
 GenerateFn = Callable[[List[int], int], str]
 
@@ -260,18 +261,3 @@ def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Se
     average = sum(c["score"] for c in cells) / len(cells)
     return {"average": average, "tasks": list(tasks), "lengths": [int(n) for n in lengths], "scores": scores,
             "cells": cells}
-
-
-def hf_generate(model, tokenizer, skip_special_tokens: bool = False) -> GenerateFn:
-    """Greedy decoding with a transformers causal LM: generate(prompt_ids, max_new_tokens) -> text (without the
-    tokenizer's special tokens, e.g. an end-of-turn marker, when ``skip_special_tokens``)."""
-    from .niah import hf_generate_fn
-
-    cache: Dict[int, Callable[[List[int]], str]] = {}
-
-    def generate(prompt_ids: List[int], max_new_tokens: int) -> str:
-        if max_new_tokens not in cache:
-            cache[max_new_tokens] = hf_generate_fn(model, tokenizer, max_new_tokens, skip_special_tokens)
-        return cache[max_new_tokens](prompt_ids)
-
-    return generate

@@ -1,0 +1,40 @@
+"""Passkey needle-in-a-haystack over a length × depth grid, on an exported Hugging Face model.
+
+    ultralong-eval-niah --hf hf/llama31-8b-4m --lengths 131072,1048576 --depths 0,0.25,0.5,0.75,1 --out eval/niah
+    python tools/eval_niah.py ...                                  # the same, from a checkout
+
+Writes <out>/niah.json (every cell and answer) and <out>/niah.png (heatmap). Exit 0 when it ran (whatever the
+accuracy; add --min-accuracy to make it a gate), 2 on bad input.
+"""
+from __future__ import annotations
+
+import os
+
+from . import OneLineParser, comma_floats, comma_ints
+from .evaluation import add_eval_output_args, add_model_arg, below_minimum, model_name, run_eval, write_result
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(description=__doc__.split("\n")[0])
+    add_model_arg(p)
+    p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--depths", type=comma_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="comma-separated depths")
+    p.add_argument("--samples", type=int, default=1, help="trials per cell")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
+    add_eval_output_args(p)
+    p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this overall accuracy")
+    a = p.parse_args(argv)
+
+    from ..eval.hf import hf_generate
+    from ..eval.niah import check_grid, run_grid
+    from ..eval.plots import niah_heatmap
+
+    def evaluate(model, tok, _) -> int:
+        grid = run_grid(hf_generate(model, tok), tok, a.lengths, a.depths, a.samples, a.seed)
+        write_result(a.out, "niah.json", a.hf, grid)
+        niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=model_name(a.hf))
+        print(f"accuracy {grid['accuracy']:.1%} over {len(grid['cells'])} cells -> {a.out}/niah.json, niah.png")
+        return below_minimum(grid["accuracy"], a.min_accuracy, "--min-accuracy", "accuracy")
+
+    # input errors before the model load
+    return run_eval(a, check=lambda tok: check_grid(tok, a.lengths, a.depths, a.samples), evaluate=evaluate)

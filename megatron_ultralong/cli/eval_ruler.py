@@ -1,0 +1,46 @@
+"""RULER-style long-context tasks (multi-key/value/query NIAH, variable tracking) on an exported HF model.
+
+    ultralong-eval-ruler --hf hf/llama31-8b-4m --lengths 131072,1048576 --samples 4 --out eval/ruler_4m
+    python tools/eval_ruler.py ...                                 # the same, from a checkout
+
+Writes <out>/ruler.json (every cell, answer and completion) and <out>/ruler.png (task × length heatmap). Exit 0
+when it ran (whatever the scores; --min-score makes it a gate), 2 on bad input. See docs/eval.md.
+"""
+from __future__ import annotations
+
+import os
+
+from . import OneLineParser, comma_ints, comma_strs
+from .evaluation import add_eval_output_args, add_model_arg, below_minimum, model_name, run_eval, write_result
+
+
+def main(argv=None) -> int:
+    from ..eval.ruler import TASKS
+
+    p = OneLineParser(description=__doc__.split("\n")[0])
+    add_model_arg(p)
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
+    p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
+    p.add_argument("--samples", type=int, default=1, help="samples per (task, length) cell")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
+    add_eval_output_args(p)
+    p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
+    a = p.parse_args(argv)
+
+    from ..eval.hf import hf_generate
+    from ..eval.plots import ruler_heatmap
+    from ..eval.ruler import plan_ruler, run_ruler
+
+    tasks = comma_strs(a.tasks)
+
+    def evaluate(model, tok, plan) -> int:
+        res = run_ruler(hf_generate(model, tok), tok, tasks, a.lengths, a.samples, a.seed, plan=plan)
+        write_result(a.out, "ruler.json", a.hf, res)
+        ruler_heatmap(res, os.path.join(a.out, "ruler.png"), title=model_name(a.hf))
+        for t in tasks:
+            print(f"{t:<18} " + "  ".join(f"{n:>9,}: {res['scores'][t][str(n)]:.2f}" for n in a.lengths))
+        print(f"average {res['average']:.1%} over {len(res['cells'])} cells -> {a.out}/ruler.json, ruler.png")
+        return below_minimum(res["average"], a.min_score, "--min-score", "average score")
+
+    # input errors before the model load
+    return run_eval(a, check=lambda tok: plan_ruler(tok, tasks, a.lengths, a.samples, a.seed), evaluate=evaluate)

@@ -1,0 +1,67 @@
+"""What the four evaluation tools (tools/eval_*.py) share: their options, their run order, their output.
+
+    add_model_arg(p); add_eval_output_args(p)                      # --hf; --dtype, --out
+    return run_eval(a, check=lambda tok: plan(tok), evaluate=lambda model, tok, plan: ...)
+    write_result(a.out, "niah.json", a.hf, grid)                   # {"model": <abs --hf>, **grid}
+    return below_minimum(score, a.min_score, "--min-score", "average score")   # the exit code of a --min-* gate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from . import bad_input
+
+MODEL_HELP = "directory of a transformers causal LM with its tokenizer files"
+
+
+def add_model_arg(parser: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
+    """--hf: the exported model folder every evaluation tool runs."""
+    parser.add_argument("--hf", required=True, help=help)
+
+
+def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation tool (tools/eval_*.py) ends with: --dtype of the model run, --out folder."""
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def run_eval(a: argparse.Namespace, check: Callable[[Any], Any], evaluate: Callable[[Any, Any, Any], int]) -> int:
+    """Load the tokenizer of ``a.hf`` and run ``check(tokenizer)`` (the input errors: EvalError, one line, exit 2)
+    before the long model load; then ``evaluate(model, tokenizer, checked)``, whose return is the exit code."""
+    from ..eval import EvalError
+    from ..eval.hf import load_hf_model, load_hf_tokenizer
+
+    try:
+        tok = load_hf_tokenizer(a.hf)
+        checked = check(tok)
+    except EvalError as e:
+        return bad_input(e)
+    return evaluate(load_hf_model(a.hf, a.dtype), tok, checked)
+
+
+def write_result(out_dir: str, name: str, model_dir: str, result: dict, **extra) -> str:
+    """``<out_dir>/<name>``, written atomically: {"model": absolute ``model_dir``, **extra, **result}."""
+    from ..atomic import atomic_path
+
+    path = os.path.join(out_dir, name)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump({"model": os.path.abspath(model_dir), **extra, **result}, f, indent=1)
+    return path
+
+
+def model_name(model_dir: str) -> str:
+    """The folder's name, the title of the plots."""
+    return os.path.basename(os.path.normpath(model_dir))
+
+
+def below_minimum(value: float, minimum, flag: str, what: str) -> int:
+    """Exit code of an evaluation's optional gate (--min-score, --min-accuracy): 1 after a one-line error when
+    ``minimum`` is set and ``value`` is below it, else 0."""
+    if minimum is not None and value < minimum:
+        print(f"error: {what} {value:.3f} is below {flag} {minimum}", file=sys.stderr)
+        return 1
+    return 0
