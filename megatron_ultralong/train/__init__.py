@@ -1,16 +1,20 @@
-"""Training: ``python -m megatron_ultralong.train --config <recipe.yaml> [section.key=value ...]``.
+"""Training: ``python -m megatron_ultralong.train --config <recipe.yaml> [section.key=value ...]`` (ultralong-train).
 
 Exit codes of that command (the SLURM scripts rely on them): EXIT_OK, EXIT_PREEMPTED, EXIT_BAD_INPUT, EXIT_FAILED.
-This module stays free of torch so the CLI can reject bad input before the multi-second framework imports.
+Free of torch, so the CLI rejects bad input before the framework imports (docs/training.md).
 """
 import os
+
+from ..cli import EXIT_BAD_INPUT
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_PREEMPTED", "prepare_run_dir"]
 
 EXIT_OK = 0
 """Reached train.max_steps (final checkpoint saved)."""
 EXIT_FAILED = 1
 """Anything unexpected (traceback on stderr)."""
-EXIT_BAD_INPUT = 2
-"""Bad recipe / override / checkpoint / run directory: one line on stderr, no traceback."""
+# EXIT_BAD_INPUT (2, from megatron_ultralong.cli): bad recipe / override / checkpoint / run directory: one line on
+# stderr, no traceback.
 EXIT_PREEMPTED = 75
 """Stopped by SIGUSR1 or SIGTERM after saving a checkpoint: requeue the job, it resumes from 'latest'
 (75 is EX_TEMPFAIL of sysexits.h: "try again later")."""

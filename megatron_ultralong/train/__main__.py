@@ -1,13 +1,11 @@
 """Entry point:  python -m megatron_ultralong.train --config <recipe.yaml> [section.key=value ...]
 
-    python -m megatron_ultralong.train --config toy_cpt train.max_steps=20              # one process
+    python -m megatron_ultralong.train --config toy_cpt train.max_steps=20              # one process (ultralong-train)
     torchrun --nproc-per-node 2 -m megatron_ultralong.train --config toy_cpt parallel.tp=2
     python -m megatron_ultralong.train --help-config                                   # every recipe key
 
-Exit codes (``megatron_ultralong.train``): 0 reached train.max_steps; 75 stopped by SIGUSR1/SIGTERM after saving
-a checkpoint (requeue: the next launch resumes from 'latest'); 2 bad recipe/override/checkpoint/run dir (one
-line on stderr); 1 anything else. torchrun turns any non-zero worker exit into its own 1, so rank 0 also writes
-``<run_dir>/exit_status.json`` ({"code", "reason", "step"}) for launchers that need the distinction.
+Exit codes: 0 done, 75 preempted after a checkpoint, 2 bad input (one line), 1 else; rank 0 also writes
+``<run_dir>/exit_status.json`` because torchrun reports every worker failure as 1 (docs/training.md).
 """
 from __future__ import annotations
 
@@ -19,10 +17,11 @@ import traceback
 import warnings
 
 from ..atomic import atomic_path
-from ..checkpoint import CheckpointError, find_latest, read_meta
-from ..cli import OneLineParser
-from ..config import ConfigError, absolute_paths, checkpoint_dir, describe, load_recipe, validate
-from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
+from ..checkpoint import CheckpointError
+from ..cli import OneLineParser, bad_input
+from ..config import ConfigError, absolute_paths, describe, load_recipe, validate
+from . import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
+from .preflight import preflight
 
 
 def _route_library_chatter_to_stdout() -> None:
@@ -42,17 +41,6 @@ def _write_exit_status(run_dir: str, code: int, reason: str, step) -> None:
         pass  # the run dir may be the very thing that is broken; the exit code still says it
 
 
-def preflight(cfg) -> None:
-    """The input checks that need no framework import: writable dirs, an existing init_from (when not resuming)."""
-    prepare_run_dir(cfg.train.run_dir, "train.run_dir")
-    prepare_run_dir(checkpoint_dir(cfg), "checkpoint.dir")
-    if cfg.checkpoint.init_from and find_latest(checkpoint_dir(cfg)) is None:
-        try:
-            read_meta(cfg.checkpoint.init_from)
-        except CheckpointError as e:
-            raise CheckpointError(f"checkpoint.init_from: {e}") from None
-
-
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m megatron_ultralong.train",
                             description="CPT / SFT training on Megatron-Core from a YAML recipe.")
@@ -70,8 +58,7 @@ def main(argv=None) -> int:
         cfg = validate(absolute_paths(load_recipe(args.config, args.overrides)))  # world size: init_distributed
         preflight(cfg)
     except (ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(e)
 
     _route_library_chatter_to_stdout()
     from .trainer import Trainer
@@ -83,8 +70,7 @@ def main(argv=None) -> int:
         code = trainer.train()
         reason = {EXIT_OK: "finished", EXIT_PREEMPTED: f"preempted ({trainer.preemption.received or 'peer'})"}[code]
     except (ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        code, reason = EXIT_BAD_INPUT, f"bad input: {e}"
+        code, reason = bad_input(e), f"bad input: {e}"
     except Exception:
         traceback.print_exc()
         code = EXIT_FAILED
