@@ -25,6 +25,40 @@ def fixed_batch(cfg, batch_size=2, seed=7):
             "position_ids": torch.arange(SEQ).expand(batch_size, SEQ)}
 
 
+def _eval_logits(model, cfg, local):
+    """Eval-style forward of this CP rank's share ``local`` through Megatron's schedule (forward only, so the
+    pipeline passes activations between stages): the full [b, SEQ, vocab] logits, on every rank."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_ultralong import cpu_shims
+    from megatron_ultralong.context_parallel import zigzag_gather
+    from megatron_ultralong.model.specs import make_attention_mask, resolve_attention_backend
+
+    device = next(model.parameters()).device
+    cp = ps.get_context_parallel_world_size()
+    mask = make_attention_mask(resolve_attention_backend(cfg.model), SEQ // cp)
+
+    def logits_step(data_iterator, module):
+        b = next(data_iterator)
+        out = module(input_ids=b["tokens"].to(device), position_ids=b["position_ids"].to(device), attention_mask=mask)
+        return out, lambda output, non_loss_data=False: output.detach()  # last stage: [b, SEQ/cp, vocab/tp]
+
+    with torch.no_grad(), cpu_shims.cuda_to_cpu():
+        stored = get_forward_backward_func()(forward_step_func=logits_step, data_iterator=iter([local]), model=[model],
+                                             num_microbatches=1, seq_length=SEQ,
+                                             micro_batch_size=local["tokens"].shape[0], forward_only=True,
+                                             collect_non_loss_data=True)
+    logits = None
+    if ps.is_pipeline_last_stage():
+        assert len(stored) == 1, f"expected the one microbatch's logits, got {len(stored)} outputs"
+        logits = full_tensor(zigzag_gather(stored[0], seq_dim=1), VOCAB_SHARDED).float().cpu()
+    stages = [None] * ps.get_pipeline_model_parallel_world_size()
+    dist.all_gather_object(stages, logits, group=ps.get_pipeline_model_parallel_group())
+    return stages[-1]
+
+
 def _cp_run(rank, world, overrides, use_ddp=False):
     """One forward (logits) and one forward+backward of the fixed batch; everything returned in the CP=1 layout.
 
@@ -34,9 +68,8 @@ def _cp_run(rank, world, overrides, use_ddp=False):
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
+    from megatron_ultralong.context_parallel import zigzag_split
     from megatron_ultralong.model.builder import build_model
-    from megatron_ultralong.model.specs import make_attention_mask, resolve_attention_backend
-    from megatron_ultralong.context_parallel import zigzag_gather, zigzag_split
     from megatron_ultralong.parallel import init_distributed
     from megatron_ultralong.train.step import forward_backward
 
@@ -54,15 +87,7 @@ def _cp_run(rank, world, overrides, use_ddp=False):
     for layer in gpt.decoder.layers:
         layer.self_attention.core_attention.register_forward_hook(
             lambda *_: attention_calls.__setitem__(0, attention_calls[0] + 1))
-    result = {}
-    if ps.get_pipeline_model_parallel_world_size() == 1:  # eval-style forward: local logits -> full sequence
-        local = zigzag_split(batch, cp, cp_rank)
-        mask = make_attention_mask(resolve_attention_backend(cfg.model), SEQ // cp)
-        device = next(gpt.parameters()).device
-        with torch.no_grad():
-            logits = model(input_ids=local["tokens"].to(device), position_ids=local["position_ids"].to(device),
-                           attention_mask=mask)
-        result["logits"] = full_tensor(zigzag_gather(logits, seq_dim=1), VOCAB_SHARDED).float().cpu()
+    result = {"logits": _eval_logits(model, cfg, zigzag_split(batch, cp, cp_rank))}  # every layout, PP too
     forward_calls = attention_calls[0]
     out = forward_backward([model], [batch], cfg)
     result["attention_calls_in_training_step"] = attention_calls[0] - forward_calls
@@ -98,8 +123,8 @@ def assert_matches_reference(runs, reference, grad_tol=1e-5, grad_atol=1e-6):
     for r in runs:
         assert r["tokens"] == reference["tokens"]
         assert r["loss_sum"] == pytest.approx(reference["loss_sum"], rel=1e-6)
-        if "logits" in r:
-            torch.testing.assert_close(r["logits"], reference["logits"], rtol=1e-5, atol=1e-5)
+        assert r["logits"].shape == (2, SEQ, reference["logits"].shape[-1])
+        torch.testing.assert_close(r["logits"], reference["logits"], rtol=1e-5, atol=1e-5)
         assert r["grads"].keys() == reference["grads"].keys()
         for k, g in reference["grads"].items():
             torch.testing.assert_close(r["grads"][k], g, rtol=grad_tol, atol=grad_atol, msg=lambda m: f"{k}: {m}")
