@@ -21,12 +21,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HEADS, GROUPS, HD = 8, 2, 64
 
 
 def _case(kind: str, seq: int, docs: int) -> dict:
-    sys.path.insert(0, REPO)
     import torch
     import torch.nn.functional as F
 

@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def make_hf_model(folder, layers, hidden, ffn, heads, kv_heads, vocab, shard_bytes=500 * 10 ** 6) -> int:
     """Random bf16 Llama weights in shards of ~shard_bytes + index + config.json; returns the tensor bytes."""

@@ -24,9 +24,8 @@ import tempfile
 import time
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from megatron_ultralong.data.tokenizer import load_tokenizer  # noqa: E402
+from megatron_ultralong.data.tokenizer import load_tokenizer  # noqa: E402 (after the environment variable)
 
 _TEXTS = []
 _TOK = {}
