@@ -4,22 +4,8 @@
     meta = load_checkpoint(ckpt_dir, model_chunks, optimizer, scheduler)   # follows <ckpt_dir>/latest
     meta = read_meta(ckpt_dir)                                             # no process group needed
 
-Layout on disk::
-
-    <ckpt_dir>/latest                 text file: "iter_0000020" (rewritten atomically after each publish)
-    <ckpt_dir>/iter_0000020/          dist_checkpointing (torch_dist) files + meta.json
-    <ckpt_dir>/.iter_0000030.tmp/     a save in progress (or killed mid-way): never read, removed by the next save
-
-A save writes everything (tensors, then ``meta.json``) into the hidden temp directory, and only then renames it
-to ``iter_*`` and rewrites ``latest`` (temp file + ``os.replace``). Both renames are atomic on a POSIX
-filesystem, so a kill at any moment leaves ``latest`` pointing at a complete checkpoint.
-
-What is stored: the model (``sharded_state_dict``: every tensor with its global shape and this rank's slice, so a
-load into another TP/PP layout reads the slices it needs), the optimizer (Megatron's sharded optimizer state,
-reshardable the same way), per-rank RNG states (torch, CUDA, Megatron's tracker), and in ``meta.json``: the
-format tag, step, resolved config, parallel layout, optimizer kind, LR schedule settings and ``extra`` (the
-trainer puts the data position there). ``meta.json`` is plain JSON: nothing here unpickles untrusted data;
-dist_checkpointing's own reads go through ``torch.load`` with its ``weights_only=True`` default.
+On disk: ``<ckpt_dir>/latest`` names the newest complete ``iter_*`` folder; a save in progress lives in a hidden
+``.iter_*.tmp`` folder until it is published. Layout, what is stored and why a kill is safe: docs/training.md.
 """
 from __future__ import annotations
 

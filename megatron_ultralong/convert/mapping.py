@@ -1,20 +1,11 @@
 """HF ⇄ Megatron-Core weight names: one declarative table per architecture, fusions as named transforms.
 
-A table says, for every tensor of a Megatron *distributed checkpoint*, which Hugging Face tensors it is made of:
+    table = table_for_hf_model_type("llama")          # or table_for_arch("qwen2")
+    for m in table.mappings(model_cfg):                # DirectMapping | QKVMapping | GatedMLPMapping
+        fused = m.to_megatron([hf[n] for n in m.hf_names], dims);  hf_tensors = m.to_hf(fused, dims)
 
-    DirectMapping    one HF tensor, unchanged (embedding / output rows may be padded to a TP-divisible vocabulary)
-    QKVMapping       q_proj, k_proj, v_proj -> linear_qkv, rows grouped per query group: [q_1 .. q_k, k, v] × groups
-    GatedMLPMapping  gate_proj, up_proj -> linear_fc1 = [gate; up]
-
-The Megatron names are the checkpoint keys (``sharded_state_dict()``), which are the Transformer-Engine names on
-every backend: the local spec renames its ``input_layernorm`` / ``pre_mlp_layernorm`` to
-``linear_qkv.layer_norm_weight`` / ``linear_fc1.layer_norm_weight`` when it writes a checkpoint, so one table serves
-CPU and GPU runs. ``{i}`` is the layer index: the checkpoint stacks the layers of one name on a leading axis
-(``decoder.layers.self_attention.linear_qkv.weight`` is [num_layers, ...]) and ``{i}`` selects a row of it. The
-stored layout is the TP=1 one whatever the TP size (``linear_fc1`` too: Megatron saves the gate and up halves as
-separate shards of [gate; up]), so the transforms never see tensor parallelism.
-
-Adding an architecture = adding an :class:`ArchTable` to ``TABLES``.
+The Megatron names are checkpoint keys (TE names on every backend; ``{i}`` is a row of the stacked layer axis).
+Why, and how to add an architecture (an ``ArchTable`` in ``TABLES``): docs/convert.md (Weights: the tables).
 """
 from __future__ import annotations
 

@@ -2,14 +2,15 @@
 
     tokenizer.py   load_tokenizer(path): sentencepiece .model / HF tokenizer.json, with a dedicated separator id
     preprocess.py  jsonl / parquet → per-source .bin/.idx (Megatron-Core indexed dataset), multi-process, resumable
+    indexed.py     reading them: summary.json, source prefixes, checked .bin/.idx pairs, document lengths
     mixture.py     per-source length-based sampling (down-sample short, up-sample long docs), budget, report
     packing.py     pack_documents(): documents + separators → windows of exactly seq_length + 1 tokens
-    sft.py         chat template, assistant-only loss mask, SFT packing, n-gram decontamination
+    sft.py         chat template, assistant-only loss mask, SFT packing, the SFT dataset
+    decontam.py    n-gram decontamination of chat samples against eval sets
     loader.py      build_train_iterator(): deterministic (seed, sample index) batches per data-parallel rank
     synthetic.py   offline multi-source corpus, chat samples and the learnable copy task
 
-Everything here raises ``DataError`` on bad input: one line saying what, where (file:line) and how to fix it.
-This module stays free of torch so CLIs can reject bad input before the framework imports.
+Errors are ``DataError`` (one line: what, where, how to fix). No torch import here: CLIs check input first.
 """
 from __future__ import annotations
 

@@ -4,19 +4,10 @@
     packed.tokens        # [n, seq_length + 1] int64; inputs = [:, :-1], labels = [:, 1:]
     packed.doc_ids       # [n, seq_length + 1] int32, segment index within the window (0, 1, ...)
     packed.cu_seqlens[i] # segment boundaries of window i over its seq_length + 1 tokens (THD packed format)
+    packed, dropped = pack_whole_samples(samples, seq_length, pad_id, seed=0)           # SFT: samples stay whole
+    sample = window_to_sample(...)                                                     # the trainer's tensors
 
-CPT layout (``pack_documents``): the documents form one stream ``d0 SEP d1 SEP d2 SEP ...`` — every document is
-closed by the separator, so exactly one separator sits between two documents — and window ``i`` is the stream
-slice ``[i·S, i·S + S + 1)``. Consecutive windows share one token (window i's last label is window i+1's first
-input), Megatron's convention: every stream token is an input exactly once and predicted exactly once. The tail
-of the last window is padding (``pad_id``, not a target, a segment of its own). Documents longer than the window
-simply continue into the next one.
-
-SFT layout (``pack_whole_samples``): samples are never cut; first-fit into open windows, the rest is padding.
-
-``window_to_sample`` turns a window into the trainer's tensors. With cross-document masking on, position ids
-restart at 0 at every segment start and a token whose label lies in another segment carries no loss (it cannot
-see that segment); with masking off, positions run 0..S-1 and every real label counts.
+The CPT and SFT layouts, the shared token between windows and what masking changes: docs/data.md (Packing).
 """
 from __future__ import annotations
 

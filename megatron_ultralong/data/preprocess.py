@@ -1,25 +1,10 @@
-"""Raw text → Megatron-Core indexed datasets, one per source (domain).
+"""Raw text → Megatron-Core indexed datasets, one per source (domain); multi-process and resumable.
 
     python tools/preprocess_data.py text --input data/slimpajama/*.jsonl --tokenizer llama3/tokenizer.json \\
         --output-dir data/idx --source-key meta.redpajama_set_name --workers 16
+    summary = preprocess_text(inputs, tokenizer, "data/idx", workers=16)   # the same from Python
 
-Inputs: ``.jsonl`` / ``.json`` (one JSON object per line), ``.jsonl.gz``, and ``.parquet`` when pyarrow is
-installed. Each record has a text field (``--text-key``, dotted paths allowed) and optionally a source field
-(``--source-key``); a record without one belongs to its file's stem (``web.jsonl`` → ``web``).
-
-Outputs in ``--output-dir``: ``<source>.bin`` / ``<source>.idx`` (written with
-``megatron.core.datasets.indexed_dataset``: one sequence per document, raw tokens — no BOS/EOS/separator, the
-packer adds the separator) and ``summary.json`` (docs, tokens, skipped empty texts and a length histogram per
-source). ``summary.json`` is written last: its presence means the dataset is complete.
-
-How it works: the inputs are cut into shards (byte ranges of jsonl files — a line belongs to the shard in which
-it starts —, whole .gz files, groups of parquet row groups). Workers tokenize shards into private
-``.work-*/<shard>`` folders, each renamed into place only when complete; a re-run with the same inputs and
-settings skips finished shards (resume after a kill). The shards are then concatenated per source in input
-order, so the result does not depend on ``--workers``. Bad input (missing text field, invalid JSON, empty
-file, unknown tokenizer) raises DataError naming file:line and removes everything this run created; a shard size
-below 1 byte or an output directory that cannot be created is refused before anything is created. The
-fingerprint of a run uses real paths, so the same command typed from another directory finds its output.
+Reading the result: data/indexed.py. Inputs, outputs, sharding, resume and errors: docs/data.md (Preprocessing).
 """
 from __future__ import annotations
 

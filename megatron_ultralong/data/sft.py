@@ -1,25 +1,13 @@
-"""SFT data: chat jsonl → tokens with the chat template, loss on assistant tokens only, packing, decontamination.
+"""SFT data: chat jsonl → tokens with the chat template, loss on assistant tokens only, packing, the SFT dataset.
 
     python tools/preprocess_data.py chat --input sft/general.jsonl sft/math.jsonl sft/code.jsonl \\
         --tokenizer llama3/tokenizer.json --output-prefix data/sft --eval-files eval/gsm8k.jsonl eval/mmlu.jsonl
 
     tokens, target = encode_chat(messages, tok)        # target[i] = 1 on assistant tokens (content + <|eot_id|>)
-    kept, report = decontaminate(samples, ["eval/gsm8k.jsonl"], n=13)
+    pairs = load_sft_dataset("data/sft")               # [(tokens, target), ...]
 
-Input records: ``{"messages": [{"role": "system"|"user"|"assistant"|..., "content": "..."}, ...]}`` (an optional
-``source`` field is counted in the summary). Templates:
-- ``llama3`` (built in): ``<|begin_of_text|>`` then per message
-  ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content.strip()}<|eot_id|>`` — built from token ids, so the
-  message text can never inject special tokens. Equal to Llama-3-Instruct's own template, token for token.
-- ``hf``: the tokenizer's ``chat_template`` (``tokenizer_config.json`` beside ``tokenizer.json``), rendered with
-  Jinja like transformers does. Assistant spans are found by rendering the conversation prefix by prefix (the
-  template must be prefix-stable, which Llama-3/3.1, Mistral and Qwen2 templates are).
-- ``auto``: ``hf`` when the tokenizer has a template, else ``llama3``.
-
-Targets are the assistant message's content tokens and the end-of-turn token that closes it (the model must learn
-to stop); role headers and everything else are context. Decontamination: lower-cased alphanumeric words, any
-shared n-gram (13 by default) between a message and an eval item removes the sample; eval items shorter than n
-words but at least ``MIN_SHORT_WORDS`` long count as one whole-item n-gram, shorter ones are reported as unchecked.
+Templates (``llama3``, ``hf``, ``auto``), the loss mask and the dataset layout: docs/data.md (SFT).
+Decontamination: data/decontam.py.
 """
 from __future__ import annotations
 

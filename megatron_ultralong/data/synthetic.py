@@ -5,9 +5,7 @@
     model = train_sentencepiece(texts, "tok/spm", vocab_size=512)   # with <|sep|> and Llama-3 chat tokens
     tokens, seg, target = copy_task_window(vocab_size=512, seq_length=256, seed=1234, index=7, sft=False)
 
-The corpus is pseudo-English: a fixed Zipf-distributed vocabulary of pronounceable pseudo-words arranged in a
-per-source style (prose for web/books, Python-like code, arithmetic for math). Document lengths are log-normal
-per source, so every source has short, medium and long documents relative to the mixture thresholds.
+What the corpus looks like (pseudo-English, per-source styles, log-normal lengths): docs/data.md.
 """
 from __future__ import annotations
 

@@ -4,14 +4,7 @@
     ids = tok.encode("Hello world")                     # plain text: no BOS/EOS, special-token strings stay text
     tok.sep_id                                          # the document separator used by packing (never BOS/EOS)
 
-The separator joins packed documents. It must be a token the instruct model has not given a meaning yet, so it is
-never BOS, EOS, ``<|eot_id|>`` or padding. Chosen in this order:
-1. the ``separator`` argument (an id, or a token string that must exist) — ``data.separator_id`` in recipes;
-2. the first of ``SEPARATOR_TOKENS`` present as a special (HF) / control or user-defined (sentencepiece) token:
-   ``<|reserved_special_token_0|>`` (id 128002 in Llama-3.0 and 3.1, unused by their chat format), then the
-   generic ``<|sep|>``, ``<sep>``, ``[SEP]``. Small sentencepiece models get one by being trained with
-   ``--control_symbols=<|sep|>`` (``synthetic.train_sentencepiece`` does this);
-3. otherwise reading ``sep_id`` raises DataError asking for ``data.separator_id`` (preprocessing does not need it).
+How the separator is chosen (``data.separator_id``, then ``SEPARATOR_TOKENS``): docs/data.md (Tokenizer).
 """
 from __future__ import annotations
 

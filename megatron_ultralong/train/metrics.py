@@ -4,13 +4,7 @@
     log.write({"step": 1, "loss": 6.2, "lr": 3e-3, ...})      # one JSON object per line, keys in RECORD_KEYS
     log.close()
 
-A record holds ``step``, ``loss`` (float64 Σloss/Σtokens over the global batch, written with full precision:
-JSON floats round-trip exactly), ``lr``, ``grad_norm``, ``tokens`` (tokens processed this step, global),
-``loss_tokens`` (tokens that carried loss), ``tokens_per_s``, ``mfu`` (GPU only, else null), ``mem_gb``
-(peak GPU memory this step; on CPU the process' resident memory) and ``step_time_s``.
-
-On resume the file is cut back to the restored step (records of steps that will be recomputed are dropped), and
-TensorBoard gets ``purge_step`` for the same reason, so both read as one run.
+What each key means and how a resume keeps one history: docs/training.md (Outputs).
 """
 from __future__ import annotations
 
