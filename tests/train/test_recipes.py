@@ -1,7 +1,14 @@
 """Stage recipes: the paper's numbers where it gives them, consistent layouts, and the 1M -> 2M -> 4M chain."""
+import json
+from pathlib import Path
+
 import pytest
 
-from megatron_ultralong.config import data_parallel_size, load_recipe, validate
+from megatron_ultralong.config import data_parallel_size, load_recipe, to_dict, validate
+
+RESOLVED = json.loads((Path(__file__).parent / "recipes_resolved.json").read_text())
+"""Every packaged recipe's resolved values, captured before the CPT stages moved their shared settings into
+cpt_base.yaml (without the retired ``eval`` section, which no recipe set)."""
 
 STAGES = {"cpt_1m": (1048576, 128), "cpt_2m": (2097152, 256), "cpt_4m": (4194304, 512)}
 
@@ -39,3 +46,19 @@ def test_sft_is_short_context_assistant_only_on_the_4m_model():
 def test_toy_recipes_validate_on_one_cpu_process(name):
     cfg = validate(load_recipe(name), world_size=1)
     assert cfg.model.params_dtype == "fp32" and cfg.data.synthetic == "copy" and cfg.yarn.enabled
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVED))
+def test_recipe_resolves_to_the_values_it_had_before_cpt_base(name):
+    resolved = json.loads(json.dumps(to_dict(load_recipe(name))))  # tuples as lists, like the captured JSON
+    for section, values in RESOLVED[name].items():
+        assert set(values) <= set(resolved[section]), f"{name}: {section} lost keys"
+        assert {k: resolved[section][k] for k in values} == values, f"{name}: {section} changed"
+
+
+@pytest.mark.parametrize("name", ["cpt_1m", "cpt_2m", "cpt_4m"])
+def test_cpt_stages_share_cpt_base(name):
+    from megatron_ultralong.config import RECIPES_DIR
+
+    text = (RECIPES_DIR / f"{name}.yaml").read_text()
+    assert "\nbase: cpt_base.yaml\n" in text and "optim:" not in text  # the shared sections live in cpt_base
