@@ -2,7 +2,7 @@
 # source slurm/common.sh      (from slurm/cpt_*.sh, sft.sh, eval_niah.sh; not a command of its own)
 #
 # What the stage scripts share: bare or container mode, the srun line, the preemption trap and the requeue.
-#   ultralong_train <recipe> <run dir> <init_from default or ""> [section.key=value ...]
+#   ultralong_train <recipe> <its run dir> <its init_from or ""> [section.key=value ...]
 #   ultralong_eval <script under tools/> [args ...]
 #
 # Environment (all optional; sbatch passes your environment to the job):
@@ -133,13 +133,18 @@ _ul_print_command() {
   echo
 }
 
-# ultralong_train <recipe> <run dir> <init_from default or ""> [overrides...]: train, requeue on exit 75.
+# ultralong_train <recipe> <its run dir> <its init_from or ""> [overrides...]: train, requeue on exit 75.
+# The stage's recipe holds its run dir and init_from; they are passed only to a recipe put in its place
+# (ULTRALONG_RECIPE), which then runs as that stage ("" keeps the replacement's own init_from).
 ultralong_train() {
-  local recipe=${ULTRALONG_RECIPE:-$1} run_dir=$2 init_from=$3 args mode
+  local stage=$1 recipe=${ULTRALONG_RECIPE:-$1} run_dir=$2 init_from=$3 args mode
   shift 3
   _ul_check_overrides "$@"
-  args=(--config "$recipe" "train.run_dir=$run_dir")
-  if [[ -n $init_from ]]; then args+=("checkpoint.init_from=$init_from"); fi
+  args=(--config "$recipe")
+  if [[ $recipe != "$stage" ]]; then
+    args+=("train.run_dir=$run_dir")
+    if [[ -n $init_from ]]; then args+=("checkpoint.init_from=$init_from"); fi
+  fi
   args+=("$@")  # the user's overrides come last and win
   _ul_job
   _ul_srun_prefix 1

@@ -41,8 +41,7 @@ def test_container_mode_srun_command(tmp_path):
                     f"--container-image={IMAGE}",
                     f"--container-mounts={REPO}:{REPO},{tmp_path}:{tmp_path},/data:/data:ro,/models:/models",
                     f"--container-workdir={tmp_path}",
-                    *launch_argv("--config", "cpt_4m", "train.run_dir=runs/cpt_4m",
-                                 "checkpoint.init_from=runs/cpt_2m/checkpoints", "train.max_steps=3")]
+                    *launch_argv("--config", "cpt_4m", "train.max_steps=3")]
 
 
 @pytest.mark.parametrize("image", [None, IMAGE])
@@ -55,8 +54,7 @@ def test_dry_run_outside_a_job_shows_the_one_node_command(tmp_path, image):
                  f"--container-workdir={tmp_path}"] if image else []
     cpus = len(os.sched_getaffinity(0))  # what `nproc` says
     assert argv == ["srun", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1", f"--cpus-per-task={cpus}",
-                    *container, *launch_argv("--config", "cpt_4m", "train.run_dir=runs/cpt_4m",
-                                             "checkpoint.init_from=runs/cpt_2m/checkpoints", "train.max_steps=3")]
+                    *container, *launch_argv("--config", "cpt_4m", "train.max_steps=3")]
 
 
 def test_container_mode_from_the_checkout_mounts_it_once(tmp_path):
@@ -72,20 +70,42 @@ def test_bare_mode_srun_command_with_extra_srun_args(tmp_path):
     assert master == "MASTER_ADDR=gpu007 MASTER_PORT=40000"
     assert argv == ["srun", "--nodes=32", "--ntasks=32", "--ntasks-per-node=1", "--cpus-per-task=224",
                     "--mpi=pmix", "--label",
-                    *launch_argv("--config", "cpt_1m", "train.run_dir=runs/cpt_1m", "data.paths=[/data/cpt_mix.json]")]
+                    *launch_argv("--config", "cpt_1m", "data.paths=[/data/cpt_mix.json]")]
 
 
-@pytest.mark.parametrize("script, recipe, run_dir, init_from", [
-    ("cpt_1m.sh", "cpt_1m", "runs/cpt_1m", None),  # the recipe's own init_from: the converted Llama checkpoint
+STAGE_DEFAULTS = [
+    ("cpt_1m.sh", "cpt_1m", "runs/cpt_1m", None),  # a replacement recipe keeps its own init_from
     ("cpt_2m.sh", "cpt_2m", "runs/cpt_2m", "runs/cpt_1m/checkpoints"),
     ("cpt_4m.sh", "cpt_4m", "runs/cpt_4m", "runs/cpt_2m/checkpoints"),
     ("sft.sh", "sft", "runs/sft_4m", "runs/cpt_4m/checkpoints"),
-])
-def test_stage_chaining_defaults_come_before_user_overrides(tmp_path, script, recipe, run_dir, init_from):
+]
+
+
+@pytest.mark.parametrize("script, recipe, run_dir, init_from", STAGE_DEFAULTS)
+def test_a_stage_script_passes_its_recipe_and_the_user_overrides_only(tmp_path, script, recipe, run_dir, init_from):
     _, argv = dry_run(script, "checkpoint.init_from=ckpt/mine", cwd=tmp_path, **JOB_32_NODES)
     trainer_args = argv[argv.index(f"{REPO}/launch/torchrun.sh") + 1:]
+    assert trainer_args == ["--config", recipe, "checkpoint.init_from=ckpt/mine"]  # the recipe holds the rest
+
+
+@pytest.mark.parametrize("script, recipe, run_dir, init_from", STAGE_DEFAULTS)
+def test_a_replacement_recipe_runs_as_the_stage_with_user_overrides_last(tmp_path, script, recipe, run_dir,
+                                                                         init_from):
+    _, argv = dry_run(script, "checkpoint.init_from=ckpt/mine", cwd=tmp_path, ULTRALONG_RECIPE="toy_cpt",
+                      **JOB_32_NODES)
+    trainer_args = argv[argv.index(f"{REPO}/launch/torchrun.sh") + 1:]
     defaults = [f"train.run_dir={run_dir}"] + ([f"checkpoint.init_from={init_from}"] if init_from else [])
-    assert trainer_args == ["--config", recipe, *defaults, "checkpoint.init_from=ckpt/mine"]  # the last one wins
+    assert trainer_args == ["--config", "toy_cpt", *defaults, "checkpoint.init_from=ckpt/mine"]  # the last one wins
+
+
+@pytest.mark.parametrize("script, recipe, run_dir, init_from", STAGE_DEFAULTS)
+def test_the_stage_values_a_script_gives_a_replacement_are_its_recipes(script, recipe, run_dir, init_from):
+    from megatron_ultralong.config import load_recipe
+
+    cfg = load_recipe(recipe)
+    line = (REPO / "slurm" / script).read_text().strip().splitlines()[-1]
+    assert shlex.split(line) == ["ultralong_train", recipe, run_dir, init_from or "", "$@"]
+    assert cfg.train.run_dir == run_dir and (init_from is None or cfg.checkpoint.init_from == init_from)
 
 
 def test_recipe_can_be_replaced(tmp_path):
