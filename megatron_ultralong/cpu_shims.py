@@ -1,20 +1,10 @@
 """Every CPU-only workaround Megatron-Core 0.16.1 needs, in one place. Active only when CUDA is absent.
 
-Megatron-Core assumes a GPU in a handful of spots that a CPU (gloo, fp32, local spec) run reaches; each shim
-below names the spot it answers (paths inside ``megatron/core/``; measured in ../shared/NOTES-megatron-cpu.md):
+    cpu_shims.install()                  # process-wide shims (idempotent; no-op with CUDA)
+    with cpu_shims.cuda_to_cpu(): ...    # around a pipeline-schedule call
+    with cpu_shims.cuda_type_names(): ...  # around optimizer calls
 
-1. ``torch.cuda.current_device()`` -> ``"cpu"``: rotary_pos_embedding.py (inv_freq placement) and
-   utils.py GlobalMemoryBuffer.get_tensor allocate on "the current device".
-2. RNG: tensor_parallel/random.py's CudaRNGStatesTracker and activation-recompute CheckpointFunction read and
-   write ``torch.cuda`` RNG state; our tracker subclass keeps the same named, per-TP-rank streams on the CPU
-   generator (dropout/init stay reproducible) and the module's get/set helpers use the CPU generator.
-3. ``torch.cuda.synchronize`` -> no-op: dist_checkpointing's filesystem_async.py calls it around saves.
-4. ``device="cuda"`` -> cpu (and ``pin_memory`` dropped) for tensor factories: the pipeline schedules create
-   ``torch.zeros(..., device="cuda")`` buffers. Scoped with :func:`cuda_to_cpu` around the schedule call only.
-5. ``tensor.type()`` names: optimizer/clip_grads.py:167 asserts ``grad.type() == 'torch.cuda.FloatTensor'``; the
-   math is the same on CPU, only the name differs. Scoped with :func:`cuda_type_names` around optimizer calls.
-
-``install()`` is idempotent and does nothing when ``torch.cuda.is_available()``.
+Which Megatron spot each shim answers: docs/parallel.md, "CPU runs".
 """
 from __future__ import annotations
 

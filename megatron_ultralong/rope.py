@@ -1,27 +1,9 @@
 """RoPE frequency math: plain, linear, Llama-3 and YaRN scalings as pure functions (torch only, no distributed).
 
-RoPE rotates channel pair i of every query/key head by the angle ``p · θ_i`` at position p, with the inverse
-frequencies θ_i = base^(−2i/d), i = 0 … d/2−1, for head dimension d. A scaling changes the θ_i (and, for YaRN, adds
-an attention temperature). Everything here returns float32 tensors on the CPU; callers move them.
+    inv_freq, t = inv_freq_and_attention_factor(cfg.model, cfg.yarn)    # float32 [head_dim // 2], temperature
+    factor = resolved_yarn_factor(cfg.yarn)                             # the one home of the YaRN scale factor
 
-YaRN ("NTK-by-parts" + temperature, Peng et al. 2023, arXiv:2309.00071) with scale factor s, original window L:
-
-* wavelength of pair i: λ_i = 2π / θ_i; the number of full rotations in the original window: r_i = L / λ_i.
-* ramp bounds in *dimensions*: the pair that makes exactly β rotations sits at
-  ``d_β = d · ln(L / (2π β)) / (2 ln base)``; low = floor(d_{beta_fast}), high = ceil(d_{beta_slow}), clamped to
-  [0, d−1] (``truncate``; transformers does the same by default).
-* ramp γ_i = clamp((i − low) / (high − low), 0, 1): 0 for fast pairs (r_i > beta_fast, kept: extrapolation),
-  1 for slow pairs (r_i < beta_slow, divided by s: interpolation), linear in between.
-* θ'_i = θ_i / s · γ_i + θ_i · (1 − γ_i).
-* attention temperature ("mscale"): the logits q·k are multiplied by t² with
-  ``t = 0.1 · mscale · ln(s) + 1`` (s > 1; 1 otherwise). With ``mscale_all_dim`` ≠ 0 (DeepSeek convention)
-  ``t = m(mscale) / m(mscale_all_dim)`` with m(x) = 0.1·x·ln(s) + 1.
-
-The recipe fixes α = beta_slow = 1 and β = beta_fast = 4 and derives s = target length / the base model's
-*pre-extension* window (8192 for Llama-3.1): 128 / 256 / 512 for 1M / 2M / 4M tokens.
-
-Llama-3 scaling (what Llama-3.1 ships with): wavelengths below L/high_freq_factor are kept, above
-L/low_freq_factor divided by the factor, and smoothly blended between. Linear: every θ_i divided by the factor.
+Everything returns float32 CPU tensors; the formulas and the recipe's α, β, s: docs/yarn.md.
 """
 from __future__ import annotations
 
@@ -103,7 +85,7 @@ def yarn_ramp_bounds(head_dim: int, rope_theta: float, original_max_position_emb
 
 def yarn_inv_freq(head_dim: int, rope_theta: float, factor: float, original_max_position_embeddings: int,
                   beta_fast: float = 4.0, beta_slow: float = 1.0, truncate: bool = True) -> torch.Tensor:
-    """YaRN inverse frequencies [head_dim // 2] (α = ``beta_slow``, β = ``beta_fast``; see the module docstring)."""
+    """YaRN inverse frequencies [head_dim // 2] (α = ``beta_slow``, β = ``beta_fast``; docs/yarn.md)."""
     _check(factor > 0, f"yarn.factor={factor}: must be > 0, or unset to derive target_length / original")
     _check(beta_fast > beta_slow > 0,
            f"yarn.beta_fast={beta_fast} must be > yarn.beta_slow={beta_slow} > 0 (the recipe uses 4 and 1)")

@@ -1,35 +1,9 @@
 """Batches for the trainer: a deterministic function of (seed, global sample index), split over data parallelism.
 
     it = build_train_iterator(cfg, dp_rank, dp_size, consumed_samples=restored)
-    batch = next(it)   # tokens/labels/position_ids [b, s] int64, loss_mask [b, s] float32, doc_ids [b, s] int32
+    batch = next(it)   # BATCH_KEYS: tokens/labels/position_ids [b, s] int64, loss_mask float32, doc_ids int32
 
-Sample ``i`` is window ``i`` of the configured source (below), computed from (cfg.train.seed, i) alone — no
-state is carried between samples, so a resumed run (``consumed_samples`` = global samples already trained on)
-continues the exact sequence, under any parallel layout. The global sample stream is cut into blocks of
-``micro_batch_size · dp_size``; DP rank r takes samples ``[r·mbs, (r+1)·mbs)`` of every block, so each global
-batch (``global_batch_size`` consecutive samples) holds the same samples whatever dp_size is (Megatron's
-pretraining sampler does the same).
-
-Sources, by config:
-- ``data.synthetic=copy``: the copy task (``synthetic.copy_task_window``), vocab = model.vocab_size. CPT: copy
-  documents packed with separators, loss on every token. SFT: whole samples, loss on the copied half only.
-- ``train.mode=cpt``: ``data.paths`` = one mixture manifest (``.json``, from ``tools/preprocess_data.py mixture``),
-  or preprocessing output directories / dataset prefixes, whose mixture is then built here from the data.*
-  sampling settings (cheap: it reads only the ``.idx`` lengths). The mixture's documents are shuffled per epoch
-  (seed, epoch) and form one endless stream ``d SEP d SEP ...``; sample i is the window starting at token i·S.
-- ``train.mode=sft``: ``data.paths`` = chat jsonl files (tokenized here with data.tokenizer and
-  data.chat_template, decontaminated against data.eval_files) or SFT prefixes from ``preprocess_data.py chat``.
-  Samples are packed whole (seeded first-fit); the window order is reshuffled every epoch.
-- Each mode refuses the other's datasets with a one-line hint (an SFT prefix given to CPT: "train.mode=sft"; a
-  text dataset given to SFT: "train.mode=cpt"), and a mixture path without ``.json`` names the manifest.
-
-Attention masking across documents/samples is on when ``data.mask_cross_document`` or ``train.mode == 'sft'``:
-then position ids restart per segment and labels in another segment carry no loss (``packing.window_to_sample``).
-
-Loader: on GPU with nvidia-dali importable (and ``data.loader`` auto/dali), a DALI pipeline whose external
-source computes the same samples, prefetching them onto the GPU (the batch tensors are then CUDA tensors);
-otherwise a torch DataLoader over the same samples (``data.num_workers`` processes, 0 = in-process; synthetic
-data is always in-process: it costs less than the inter-process copy).
+Sources per config, DP sharding, resume and the DALI / torch loaders: docs/data.md, "The loader".
 """
 from __future__ import annotations
 
@@ -280,7 +254,7 @@ def _sft_source(cfg: Config):
 
 
 def build_source(cfg: Config):
-    """The window source the config asks for (see the module docstring)."""
+    """The window source the config asks for (docs/data.md, "The loader")."""
     d = cfg.data
     if d.synthetic == "copy":
         return CopyTaskSource(cfg.model.vocab_size, d.seq_length, cfg.train.seed, cfg.train.mode == "sft",

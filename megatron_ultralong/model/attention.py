@@ -1,31 +1,10 @@
 """Core attention on torch SDPA: causal, optional document masks, grouped-query heads, context parallel.
 
-Installed through the layer spec (``model/specs.py``, backend 'sdpa') in place of Megatron's DotProductAttention,
-which materialises [b, heads, S, S] scores and refuses CP. Interface is Megatron's core-attention one:
+    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention   # via model/specs.py
+    context = attn(query, key, value, doc_ids_or_None)   # [sq, b, np, hn], [sk, b, ng, hn] -> [sq, b, np·hn]
 
-    query [sq, b, np, hn], key / value [sk, b, ng, hn]  ->  context [sq, b, np·hn]
-
-``attention_mask`` is either None (plain causal) or ``doc_ids`` [b, sq] (int, this rank's tokens), in which case a
-token attends only to earlier tokens of the same packed document. The softmax scale comes from
-``config.softmax_scale`` (it carries the YaRN temperature, see model/rotary.py).
-
-Context parallel (cp > 1): this rank's query/key/value rows are its two zigzag chunks ``(r, 2·cp−1−r)`` of the
-sequence (``context_parallel.zigzag_split``; Megatron's rotary module rotated them at those global positions). Keys and
-values (and document ids) are all-gathered over the CP group and put back in natural order (``zigzag_merge``); the
-query chunk with global index c then attends to the key prefix [0, (c+1)·L) with a lower-right-aligned causal mask,
-i.e. query at global position c·L+i sees keys at global positions <= c·L+i. Keys past the chunk are not even
-passed to SDPA, so the zigzag layout's load balance carries over to compute. The mask is a ``causal_lower_right``
-bias (flash / memory-efficient kernels on CUDA, no S×S tensor).
-
-Document masking never builds a mask tensor either: packed documents are contiguous runs of one id (as
-``data/packing.py`` writes them), so attention within documents is block-diagonal. Each (sample, document piece
-inside the query block) is one SDPA call: its queries against the keys from the document's start to the piece's
-end, lower-right causal, i.e. varlen attention with flash-kernel memory at any length (te layers run this module
-when documents are masked: see ``specs.core_attention_kind``). The runs are read once per doc-id tensor (one
-host sync per microbatch, not per layer). An id that comes back after another is refused (ValueError).
-
-The gather is our own autograd function: ``torch.distributed.nn.functional.all_gather`` backward fails on gloo for
-any group other than ranks [0, 1] (it scatters with group-local ranks taken as global ones).
+How the CP gather, the lower-right causal masks and the per-document SDPA calls work: docs/parallel.md,
+"The CP core attention".
 """
 from __future__ import annotations
 

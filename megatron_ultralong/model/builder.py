@@ -2,10 +2,8 @@
 
     model = build_model(cfg)                       # after parallel.init_distributed(cfg)
 
-``transformer_config()`` is the single adapter from our dataclasses to Megatron's ``TransformerConfig``; it is
-declarative (``_SAME`` for one-to-one fields, ``_DERIVED`` for computed ones) and nothing else in the package sets
-attributes on Megatron configs. The rotary module is ours (``model/rotary.py``: YaRN / llama3 / linear, CP-aware)
-and the YaRN attention temperature reaches the softmax through ``softmax_scale`` on every backend.
+``transformer_config()`` is the one adapter from our dataclasses to Megatron's ``TransformerConfig`` (``_SAME``:
+one-to-one fields, ``_DERIVED``: computed ones); the rotary module is ours (``model/rotary.py``).
 """
 from __future__ import annotations
 

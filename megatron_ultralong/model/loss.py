@@ -4,24 +4,7 @@
         hidden = model(input_ids=..., position_ids=None, attention_mask=...)
     per_token = gpt_chunked_loss(unwrap_gpt(model), hidden, labels, chunk_size=4096)   # [b, s], like labels=
 
-Why: logits are [S/cp, V/tp] per rank; at 128K tokens per GPU and V = 128K (fp32 for the softmax) that is 64 GB.
-Each chunk of ``chunk_size`` tokens goes through the output layer and Megatron's vocab-parallel cross entropy
-inside ``torch.utils.checkpoint``: forward keeps only the per-token losses, backward recomputes one chunk's logits
-at a time. Peak extra memory is one chunk's logits (+ softmax) instead of the whole sequence's, for one more
-output-layer matmul per chunk.
-
-Getting the hidden states out of GPTModel: ``_postprocess`` returns the decoder output (after the final norm,
-which belongs to the decoder block) when ``post_process`` is False, before touching the output layer. We flip that
-flag on the GPTModel for the duration of one forward (:func:`final_hidden_states`); the decoder keeps its own
-post_process, so the final norm still runs, and wrappers (DDP, Float16Module) are called as usual. Float16Module
-casts a last-stage output to fp32; the chunk casts it back to the output layer's dtype.
-
-Sequence parallel: the hidden states are then [s/tp, b, h] per TP rank and the output layer all-gathers its input
-over TP, so a chunk of c rows per rank yields logits for rows {r·s/tp + j·c ...} of every rank r; labels are taken
-in that order and losses put back in sequence order.
-
-Chunking is exact: on the toy model (fp32, tests/model/test_loss.py) the per-token losses are bit-identical to
-``gpt(..., labels=)`` and the gradients of the mean loss differ by <= 1.3e-8 (weight-gradient sums in another order).
+Why and how (checkpointed chunks, sequence parallel, exactness): docs/parallel.md, "Chunked loss".
 """
 from __future__ import annotations
 

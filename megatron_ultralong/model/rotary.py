@@ -3,18 +3,7 @@
     rotary = UltralongRotaryEmbedding(cfg.model, cfg.yarn, cp_group=ps.get_context_parallel_group())
     emb = rotary(rotary_seq_len)          # [s / cp, 1, 1, head_dim] angles of this CP rank's positions
 
-GPTModel calls it once per forward (not per layer) with the *global* sequence length; it returns the rotation
-angles (float32, already reduced modulo 2π, see ``rope.rope_angles``) for the positions this context-parallel
-rank holds in Megatron's zigzag layout (chunks r and 2·cp−1−r of 2·cp, ``zigzag_positions``). Megatron's
-``apply_rotary_pos_emb`` turns them into cos/sin on both paths: TE's fused RoPE on GPU, the unfused path on CPU.
-
-Attention temperature. transformers multiplies cos and sin by YaRN's attention factor t, which scales every
-q·k logit by t². Megatron's RoPE paths apply no such factor (0.16.1's own yarn path drops it), so we fold t² into
-the softmax scale instead — ``rope_softmax_scale`` gives ``t² / sqrt(head_dim)`` for ``TransformerConfig.
-softmax_scale``, which TE, SDPA and the local attention all honour. Same logits, one place.
-
-Memory. The angles of the last requested length are cached (a 4M-token sequence at CP=32 is 128K positions ×
-head_dim floats = 64 MB per rank for head_dim 128); no table of the maximum length is ever built.
+Where the attention temperature goes (``rope_softmax_scale``), zigzag positions and the angle cache: docs/yarn.md.
 """
 from __future__ import annotations
 

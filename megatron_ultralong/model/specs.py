@@ -1,19 +1,9 @@
 """Layer specs: which implementation each transformer sub-module uses. The only place GPU and CPU differ in model code.
 
-| backend | where                        | linear / norm                 | core attention                          |
-|---------|------------------------------|-------------------------------|-----------------------------------------|
-| te      | H100 + Transformer Engine    | TE (fused norm+linear, FP8)   | TEDotProductAttention (TE context parallel) |
-| sdpa    | CPU, or a GPU without TE     | Megatron local                | ours: torch SDPA, CP-aware, document masks |
-| local   | reference / debugging        | Megatron local                | Megatron DotProductAttention (S×S scores, no CP) |
+    spec = layer_spec(cfg.model, document_masking=needs_document_masking(cfg))
+    mask = make_attention_mask(core_attention_kind(resolve_attention_backend(cfg.model), masking), s, doc_ids)
 
-``auto`` picks te on a GPU with Transformer Engine importable, sdpa otherwise. Megatron's local attention
-materialises [b, heads, S, S] scores and refuses CP, so it is kept as a numerical reference only.
-
-**Document masking** (SFT, or CPT with ``data.mask_cross_document``): the sdpa core attention takes per-token
-document ids (under CP too). With the te backend, the layer keeps TE's linears and norms (fused, FP8-capable)
-and swaps in the sdpa core attention for masked training (``core_attention_kind``), since TE's THD
-packed-sequence format is not wired here. That core attention runs each document piece as its own causal SDPA
-call (no mask tensor: see model/attention.py), so masking costs no [S, S] memory at any length.
+Backends (te | sdpa | local) and document masking on each: docs/parallel.md, "Which core attention runs".
 """
 from __future__ import annotations
 
@@ -61,7 +51,7 @@ def validate_context_parallel(cfg: Config) -> None:
 
 def core_attention_kind(backend: str, document_masking: bool) -> str:
     """Which core attention a layer of ``backend`` runs ('te' | 'sdpa' | 'local'): te's becomes sdpa when
-    documents are masked (see the module docstring); the attention mask is built for this kind."""
+    documents are masked (docs/parallel.md); the attention mask is built for this kind."""
     return "sdpa" if backend == "te" and document_masking else backend
 
 

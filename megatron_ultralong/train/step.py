@@ -3,23 +3,8 @@
     out = forward_backward(model_chunks, batches, cfg)          # batches: list of full-length micro-batch dicts
     out["loss_sum"], out["tokens"]                               # this rank's share: sum them over DP×CP
 
-Batches are full sequences [b, S] on every rank; with context parallelism the forward step keeps this CP rank's
-zigzag share (``parallel.zigzag_split``: tokens, labels, loss_mask, position_ids, doc_ids alike) and the model sees
-[b, S/cp]. With ``train.loss_chunk_size > 0`` the loss comes from ``model/loss.py`` (no full [S, V] logits).
-
-Loss normalisation (why CP=N and DP=N train exactly like CP=1, DP=1): the objective is the mean over all
-non-masked tokens of the global batch,  L = Σ_tokens loss / N_tokens.
-- Each microbatch's loss_func returns the *sum* of this rank's masked per-token losses and their *count*
-  (``calculate_per_token_loss``); the schedule backpropagates the sum as is (no division by microbatches or CP).
-- So on each CP rank the raw gradient is ∂(its partial sum)/∂θ. Parameters are replicated over CP, and the
-  attention's CP communication routes every rank's loss back to the keys/values it used (the K/V all-gather's
-  backward on the sdpa path, TE's own exchange on GPU), so Σ over CP ranks of the raw gradients is
-  ∂(Σ loss over the whole sequence)/∂θ — what CP=1 computes. Megatron's DDP sums gradients over the
-  DP×CP group (no averaging with per-token loss) and ``finalize_model_grads`` divides them by the token count
-  all-reduced over DP×CP, giving ∂L/∂θ exactly.
-- The returned loss_sum / tokens cover this rank's tokens only (its zigzag share under CP), like the token count
-  Megatron hands to finalize_model_grads; the trainer all-reduces both over the DP×CP group and reports the ratio.
-Tests without DDP (tests/distributed/test_cp.py) therefore compare the CP-summed raw gradients with CP=1's.
+Each CP rank keeps its zigzag share of every batch (``context_parallel.zigzag_split``); why per-token loss sums make
+CP=N and DP=N train like CP=1: docs/parallel.md, "Loss normalisation".
 """
 from __future__ import annotations
 
