@@ -1,7 +1,9 @@
 """Short tasks (MMLU, GSM8K, ...) through lm-evaluation-harness on an exported model, and what the extension cost.
 
-    ultralong-eval-lm --hf hf/llama31-8b-4m --hf-base hf/llama31-8b-instruct --suite paper --confirm-run-unsafe-code --out eval/lm_4m
-    python tools/eval_lm.py --hf <dir> [--hf-base <dir>] --tasks mmlu,gsm8k [--include-path DIR] [--limit N] [--num-fewshot K] --out OUT
+    ultralong-eval-lm --hf hf/llama31-8b-4m --hf-base hf/llama31-8b-instruct --suite paper \
+        --confirm-run-unsafe-code --out eval/lm_4m
+    python tools/eval_lm.py --hf <dir> [--hf-base <dir>] --tasks mmlu,gsm8k [--include-path DIR] [--limit N] \
+        [--num-fewshot K] --out OUT                                 # the same, from a checkout
 
 Writes <out>/results.json (the harness's results dict: per task, per metric, with stderr), with --hf-base also
 <out>/results_base.json, and <out>/retention.md (base, extended, delta, average over tasks). Needs the eval extra

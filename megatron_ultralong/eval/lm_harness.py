@@ -130,7 +130,7 @@ def check_tasks(tm, tasks: Sequence[str], confirm_run_unsafe_code: bool = False)
             loaded = tm.load([name])  # builds the task: downloads or reads its dataset
         except Exception as e:  # anything a task's YAML, its Python hooks or `datasets` raise: that task is unusable
             if isinstance(e, FileNotFoundError):
-                how = "fix the path in the task YAML's dataset_kwargs.data_files (relative paths: to the working folder)"
+                how = "fix the path in the task YAML's dataset_kwargs.data_files"
             elif offline:
                 how = ("it is not in the datasets cache and HF_DATASETS_OFFLINE / HF_HUB_OFFLINE forbid a download: "
                        "run once online, or point the task YAML at local files (dataset_path: json, dataset_kwargs: "

@@ -113,7 +113,7 @@ def test_recipe_can_be_replaced(tmp_path):
     assert argv[argv.index("--config") + 1] == "my/cpt_4m_64k.yaml"
 
 
-@pytest.mark.parametrize("script", ["eval_niah", "eval_perplexity", "eval_ruler", "eval_infinitebench"])
+@pytest.mark.parametrize("script", ["eval_niah", "eval_perplexity", "eval_ruler", "eval_infinitebench", "eval_lm"])
 def test_eval_scripts_run_their_tool_in_one_task(tmp_path, script):
     _, argv = dry_run(f"{script}.sh", "--hf", "hf/m", "--out", "eval/x", cwd=tmp_path, ULTRALONG_PYTHON="/env/python",
                       **JOB_32_NODES)
@@ -160,7 +160,7 @@ def test_a_wrong_ultralong_home_is_a_one_line_error(tmp_path):
 STAGES = ["cpt_1m.sh", "cpt_2m.sh", "cpt_4m.sh", "sft.sh"]
 
 
-@pytest.mark.parametrize("script", STAGES + ["eval_niah.sh", "eval_perplexity.sh", "eval_ruler.sh"])
+@pytest.mark.parametrize("script", STAGES + ["eval_niah.sh", "eval_perplexity.sh", "eval_ruler.sh", "eval_lm.sh"])
 def test_scripts_start_with_the_command_that_runs_them(script):
     assert (REPO / "slurm" / script).read_text().splitlines()[1].startswith(f"# sbatch slurm/{script}")
 
