@@ -1,7 +1,9 @@
-"""The package's import graph has no cycle, counting imports inside functions (parsed with ast, nothing imported)."""
+"""The package's import graph has no cycle, counting imports inside functions (parsed with ast, nothing imported).
+
+Imports under ``if TYPE_CHECKING:`` never run, so they do not count."""
 import ast
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, Iterator, List, Set
 
 PACKAGE = "megatron_ultralong"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
@@ -42,6 +44,24 @@ def _targets(node: ast.AST, module: str, is_package: bool, modules: Dict[str, Pa
     return out
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(node: ast.AST) -> Iterator[ast.AST]:
+    """Every import statement below ``node`` (module level, in functions, classes, branches), except those
+    guarded by ``if TYPE_CHECKING:`` (their ``else`` branch runs and counts)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for stmt in child.orelse:
+                yield from _imports(ast.Module(body=[stmt], type_ignores=[]))
+        else:
+            yield from _imports(child)
+
+
 def import_graph() -> Dict[str, Set[str]]:
     """Module -> the package modules it imports (anywhere in its body), plus the packages above each target that
     Python runs first (except the importer's own packages, which are already being imported)."""
@@ -50,14 +70,13 @@ def import_graph() -> Dict[str, Set[str]]:
     for module, path in modules.items():
         is_package = path.name == "__init__.py"
         edges: Set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for target in _targets(node, module, is_package, modules):
-                    parts = target.split(".")
-                    for i in range(2, len(parts) + 1):
-                        dep = ".".join(parts[:i])
-                        if not (module == dep or module.startswith(dep + ".")):
-                            edges.add(dep)
+        for node in _imports(ast.parse(path.read_text(), filename=str(path))):
+            for target in _targets(node, module, is_package, modules):
+                parts = target.split(".")
+                for i in range(2, len(parts) + 1):
+                    dep = ".".join(parts[:i])
+                    if not (module == dep or module.startswith(dep + ".")):
+                        edges.add(dep)
         graph[module] = edges
     return graph
 
@@ -94,6 +113,12 @@ def test_graph_sees_function_level_and_relative_imports():
     assert len(graph) > 30
     assert f"{PACKAGE}.config" in graph[f"{PACKAGE}.rope"]
     assert f"{PACKAGE}.model.attention" in graph[f"{PACKAGE}.model.specs"]  # imported inside layer_spec()
+
+
+def test_type_checking_imports_do_not_count_but_function_level_ones_do():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n    import b\n"
+                     "def f():\n    import c\n")
+    assert sorted(getattr(n, "module", None) or n.names[0].name for n in _imports(tree)) == ["b", "c", "typing"]
 
 
 def test_find_cycle_reports_a_cycle_and_accepts_a_dag():
