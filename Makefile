@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
 		echo "no NVIDIA driver: installing $(TORCH_CPU_SPEC) (CPU)"; \
 		$(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,eval]'
 	@touch $@
 
 test: setup
