@@ -1,39 +1,9 @@
-"""InfiniteBench on an exported HF model: the released task files, prompted and scored the way the benchmark does.
+"""InfiniteBench on an exported HF model: the released task files, prompted and scored the way the benchmark does
+(prompt template, truncation and each task's scoring rule: docs/eval.md).
 
     tasks = load_tasks(data_dir, ["passkey", "kv_retrieval"], limit=None)      # EvalError on bad files
     res = run_infinitebench(generate, tokenizer, tasks, max_length=1048576)
     res["scores"]["passkey"]                                                     # mean of per-sample scores
-
-Data: the ``<task>.jsonl`` files of the InfiniteBench release (Hugging Face dataset
-``xinrongzhang2022/InfiniteBench``), downloaded by you: nothing is fetched here. A record has ``context``,
-``input``, ``answer`` (a list, or a value) and, for the choice tasks, ``options`` (four strings); ``id`` is kept
-when present.
-
-Prompt: the benchmark's instruction template for chat models (its ``gpt4_templates``, which the released code also
-uses for other chat APIs), as one user turn through the tokenizer's chat template when it has one (Llama-3.1
-Instruct does; ``chat=False`` or a tokenizer without one sends the plain text). The prompt's tokens are cut in the
-middle to ``max_length - max_new_tokens(task)`` like the benchmark's ``truncate_input(..., manner="middle")``, so
-the instruction at the start and the question at the end survive; the number of cut samples is reported.
-
-Scores per sample (0 or 1 unless stated), as the benchmark's current ``compute_scores.py`` defines them (two
-deliberate differences: the dialogue name is upper-cased like the words it is looked for in, and a decimal
-prediction for an integer ``math_find`` answer scores 0 instead of raising):
-
-| task | generated tokens | score |
-|---|---|---|
-| passkey, number_string | 6, 12 | the first run of digits equals the answer |
-| kv_retrieval | 50 | the value is one of the words (split at whitespace and ``\\n:"'.,?!{}``) |
-| longbook_choice_eng | 40 | ``score_choice``: a leading letter, the option's text, an "answer is" prefix, an A-D word |
-| code_debug | 5 | see ``score_code_debug``: "X." / "X:", or the letter / name after "answer is:" |
-| math_find | 3 | the first number equals the answer (int or float as the answer is) |
-| longdialogue_qa_eng | 40 | the name is one of the upper-cased words (the name is upper-cased too) |
-| longbook_qa_eng | 40 | token F1 after SQuAD normalisation, best over the answers (0..1) |
-| longbook_qa_chn | 40 | character F1 after removing punctuation and whitespace, best over the answers (0..1) |
-| math_calc | 30000 | the fraction of the intermediate values given right before the first wrong one (0..1) |
-| code_run | 5 | the last word is the right integer |
-
-``longbook_sum_eng`` (ROUGE-Lsum, an extra dependency) is not included. Per-task predictions are written in the
-benchmark's ``preds_<task>.jsonl`` shape (``prediction``, ``ground_truth``: the label scored against, ``score``).
 """
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""Needle-in-a-haystack passkey retrieval over a grid of context lengths × needle depths.
-
-The classic passkey test (Mohtashami & Jaggi, 2023): a random 5-digit pass key is hidden at depth d of a
-haystack of repeated filler sentences; the model must complete "What is the pass key? The pass key is".
-Everything happens in token space, so a sample has exactly ``length`` prompt tokens and the needle starts at
-``round(d · filler_tokens)`` (snapped to a filler-sentence boundary, so no sentence is cut).
+"""Passkey needle-in-a-haystack over a grid of context lengths × needle depths (docs/eval.md).
 
     grid = run_grid(generate, tokenizer, lengths=[131072, 1048576], depths=[0, .25, .5, .75, 1])
     grid["accuracy"]     # overall fraction correct; grid["cells"] holds each (length, depth)

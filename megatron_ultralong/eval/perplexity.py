@@ -1,21 +1,11 @@
-"""Perplexity vs context length on held-out long documents.
-
-For each context length L, the first L + 1 tokens of up to ``documents`` held-out documents that are at least
-that long (books, code repositories: the corpus must hold long documents, a stream of short ones says nothing
-about long context) are scored: the model reads tokens 0..L-1 and predicts 1..L. Reported per L:
-
-- ``ppl``: exp of the mean NLL over all L predictions;
-- ``tail_ppl``: exp of the mean NLL over the last ``tail`` predictions only — the tokens that have the most
-  context before them. A model that uses its long context has a tail perplexity that falls (or at least holds)
-  as L grows; one that does not rises past its effective window. (The same documents are used for every L when
-  they are long enough, so the curves compare like with like.)
+"""Perplexity vs context length on held-out long documents: ``ppl`` and ``tail_ppl`` per length (docs/eval.md).
 
     nll = hf_nll_fn(model)                              # chunked: never builds [L, vocab] logits
     res = perplexity_by_length(nll, docs, lengths=[8192, 131072, 1048576], documents=4, tail=4096)
     res["results"][i]["ppl"], res["results"][i]["tail_ppl"]
 
 ``nll(ids) -> Tensor[len(ids) - 1]`` is any per-position negative log-likelihood (``hf_nll_fn`` wraps a
-transformers causal LM of the Llama / Qwen2 families, the ones the converters export).
+transformers causal LM of the Llama / Qwen2 families).
 """
 from __future__ import annotations
 

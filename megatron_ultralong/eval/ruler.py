@@ -1,19 +1,5 @@
-"""RULER-style synthetic long-context tasks (after Hsieh et al., 2024, "RULER: What's the Real Context Size of Your
-Long-Context Language Models?"): retrieval and multi-hop tracing that a plain passkey test does not probe.
-
-| task | hidden in the haystack | asked | answers |
-|---|---|---|---|
-| ``niah_single`` | 1 needle "One of the special magic numbers for {key} is: {value}." | its key | 1 value |
-| ``niah_multikey`` | 4 needles with different keys (3 distractors) | one key | 1 value |
-| ``niah_multivalue`` | 4 needles with the same key | that key | all 4 values |
-| ``niah_multiquery`` | 4 needles with different keys | two keys | 2 values |
-| ``variable_tracking`` | a chain "VAR A = 12345." "VAR B = VAR A." ... (5 names) and a distractor chain | the number | the chain's 5 names |
-
-Keys are adjective-noun pairs, values 7-digit numbers, variable names 5 capital letters, all drawn from a seeded
-RNG. Statements sit at evenly spread depths of a filler haystack, at filler-sentence boundaries, and the prompt
-is built in token space so that it has exactly ``length`` tokens. The question ends with an answer prefix, so
-base and instruct models alike continue with the answer. Score (RULER's ``string_match_all``): the fraction of a
-sample's answers found verbatim in the completion, averaged per (task, length).
+"""RULER-style synthetic long-context tasks (multi-key/value/query NIAH, variable tracking); tasks, prompts and
+scoring: docs/eval.md.
 
     res = run_ruler(generate, tokenizer, tasks=TASKS, lengths=[131072, 1048576], samples_per_cell=4)
     res["scores"]["variable_tracking"]["1048576"], res["average"]
