@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when prep/raw (same parallelism) < 0.8")
     a = p.parse_args()
     import megatron.core.datasets.indexed_dataset  # noqa: F401  (framework import outside the timings)
+
     from megatron_ultralong.data.preprocess import preprocess_text
 
     with tempfile.TemporaryDirectory() as tmp:

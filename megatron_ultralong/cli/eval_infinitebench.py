@@ -37,8 +37,13 @@ def main(argv=None) -> int:
 
     from ..eval import EvalError
     from ..eval.hf import hf_generate
-    from ..eval.infinitebench import (PredictionFiles, check_max_length, load_tasks, resolve_max_length,
-                                      run_infinitebench)
+    from ..eval.infinitebench import (
+        PredictionFiles,
+        check_max_length,
+        load_tasks,
+        resolve_max_length,
+        run_infinitebench,
+    )
 
     tasks = comma_strs(a.tasks)
 

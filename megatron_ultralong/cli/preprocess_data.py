@@ -68,8 +68,13 @@ def _chat(a):
 
 def _synthetic(a):
     from ..data import DataError
-    from ..data.synthetic import (check_length_scale, parse_docs_per_source, synthetic_chat_samples, write_jsonl,
-                                  write_synthetic_corpus)
+    from ..data.synthetic import (
+        check_length_scale,
+        parse_docs_per_source,
+        synthetic_chat_samples,
+        write_jsonl,
+        write_synthetic_corpus,
+    )
 
     # everything is checked before the first file is written (write_synthetic_corpus checks the rest first)
     sizes = parse_docs_per_source(a.docs_per_source) if a.docs_per_source is not None else None

@@ -6,8 +6,15 @@ import sys
 
 import pytest
 
-from megatron_ultralong.eval.infinitebench import (TASKS, EvalError, build_sample, load_tasks, prompt_ids,
-                                                   run_infinitebench, truncate_middle)
+from megatron_ultralong.eval.infinitebench import (
+    TASKS,
+    EvalError,
+    build_sample,
+    load_tasks,
+    prompt_ids,
+    run_infinitebench,
+    truncate_middle,
+)
 from tests.eval.helpers import TOK, save_tiny_llama3
 
 

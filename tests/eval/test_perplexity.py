@@ -30,7 +30,9 @@ def test_chunked_hf_nll_equals_cross_entropy_of_the_full_logits():
 
 
 def test_ppl_and_tail_ppl_are_the_exponentiated_mean_nll_over_all_and_last_positions():
-    nll = lambda ids: torch.arange(1, len(ids), dtype=torch.float64) / 100  # NLL rises with the position
+    def nll(ids):  # NLL rises with the position
+        return torch.arange(1, len(ids), dtype=torch.float64) / 100
+
     docs = [np.arange(300), np.arange(50), np.arange(200)]
     res = perplexity_by_length(nll, docs, [99, 199], documents=2, tail=10, log=None)
     r99, r199 = res["results"]
