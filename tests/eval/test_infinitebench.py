@@ -219,3 +219,18 @@ def test_a_real_tokenizers_chat_template_wraps_the_prompt_as_a_user_turn_with_th
     assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
     assert tok.decode(ids) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is the pass key?"
                                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_prediction_files_stream_as_partial_and_are_published_only_when_the_run_succeeds(tmp_path):
+    from megatron_ultralong.eval.infinitebench import PredictionFiles
+
+    with PredictionFiles(str(tmp_path)) as stream:
+        stream("passkey", {"id": 0, "prediction": "12345"})
+        assert json.loads((tmp_path / "preds_passkey.jsonl.partial").read_text()) == {"id": 0, "prediction": "12345"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds_passkey.jsonl"]
+
+    with pytest.raises(RuntimeError), PredictionFiles(str(tmp_path / "killed")) as stream:
+        (tmp_path / "killed").mkdir()
+        stream("kv_retrieval", {"id": 1})
+        raise RuntimeError("the run died")
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["preds_kv_retrieval.jsonl.partial"]
