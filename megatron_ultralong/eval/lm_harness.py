@@ -109,6 +109,12 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
+def _allow_code_eval(confirmed: bool) -> None:
+    """The ``code_eval`` metric's own opt-in (HF_ALLOW_CODE_EVAL=1), set when the user confirmed unsafe code."""
+    if confirmed:
+        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
+
+
 def check_tasks(tm, tasks: Sequence[str], confirm_run_unsafe_code: bool = False) -> None:
     """EvalError unless each name is a task, group or tag of ``tm`` (or a task YAML path), its data loads (offline
     too: the datasets cache or local files), and a task that runs model-written code is confirmed."""
@@ -116,6 +122,7 @@ def check_tasks(tm, tasks: Sequence[str], confirm_run_unsafe_code: bool = False)
 
     if not tasks:
         raise EvalError("--tasks is empty; name lm-eval tasks (mmlu,gsm8k,...) or use --suite paper")
+    _allow_code_eval(confirm_run_unsafe_code)  # HumanEval's metric checks the variable when its task is built
     where = f" or under --include-path {tm.include_path}" if tm.include_path else ""
     for name in tasks:
         if name not in tm.all_tasks and not (name.endswith((".yaml", ".yml")) and os.path.isfile(name)):
@@ -163,8 +170,7 @@ def evaluate_hf(path: str, tasks: Sequence[str], tm, opts: HarnessOptions) -> di
     metric, with stderr; plus its configs, versions, n-shot), without per-sample logs."""
     lm_eval = require_lm_eval()
     device, batch = _device_and_batch(opts)
-    if opts.confirm_run_unsafe_code:
-        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")  # the code_eval metric's own opt-in, confirmed by the flag
+    _allow_code_eval(opts.confirm_run_unsafe_code)
     return lm_eval.simple_evaluate(
         model="hf", model_args=model_args(path, opts), tasks=list(tasks), num_fewshot=opts.num_fewshot,
         batch_size=int(batch) if batch.isdigit() else batch, device=device, limit=opts.limit, task_manager=tm,

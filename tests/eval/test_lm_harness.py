@@ -287,3 +287,13 @@ def test_a_task_without_metrics_shows_a_dash_and_no_average():
     assert rows[1]["metric"] is None and rows[1]["score"] is None
     assert re.search(r"average over 2 tasks\*\* \|  \|  \| – \|", retention_table(_results({"a": {"acc,none": 0.5},
                                                                                           "b": {}})))
+
+
+@pytest.mark.parametrize("args", [[], ["--tasks", "mmlu", "--suite", "paper"]])
+def test_tasks_or_suite_one_of_them_is_a_one_line_error(capsys, args):
+    from megatron_ultralong.cli.eval_lm import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--hf", "x", "--out", "o", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: give --tasks or --suite (one of them) (see --help)\n"
