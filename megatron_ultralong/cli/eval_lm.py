@@ -46,8 +46,16 @@ def main(argv=None) -> int:
 
     from ..eval import EvalError
     from ..eval.hf import load_hf_tokenizer
-    from ..eval.lm_harness import (SUITES, HarnessOptions, check_tasks, evaluate_hf, require_lm_eval,
-                                   retention_table, task_manager, write_results)
+    from ..eval.lm_harness import (
+        SUITES,
+        HarnessOptions,
+        check_tasks,
+        evaluate_hf,
+        require_lm_eval,
+        retention_table,
+        task_manager,
+        write_results,
+    )
 
     suite = SUITES[a.suite] if a.suite else None
     tasks = [t.task for t in suite.tasks] if suite else a.tasks
