@@ -12,7 +12,8 @@ from typing import Tuple
 
 import torch
 
-from .config import ConfigError, ModelConfig, YarnConfig, check_rope_head_dim, head_dim as _head_dim
+from .config import ConfigError, ModelConfig, YarnConfig, check_rope_head_dim
+from .config import head_dim as _head_dim
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -91,8 +92,12 @@ def yarn_inv_freq(head_dim: int, rope_theta: float, factor: float, original_max_
            f"yarn.beta_fast={beta_fast} must be > yarn.beta_slow={beta_slow} > 0 (the recipe uses 4 and 1)")
     _check(original_max_position_embeddings > 0,
            f"yarn.original_max_position_embeddings={original_max_position_embeddings}: must be > 0")
-    extrapolation = default_inv_freq(head_dim, rope_theta)  # kept as is
-    interpolation = extrapolation / factor
+    check_rope_head_dim(head_dim)
+    # the reference's exact float32 operations (transformers' _compute_yarn_parameters), so the frequencies are
+    # bit-identical to the served model's: 1 / (s·θ^(2i/d)), not (1 / θ^(2i/d)) / s
+    pos_freqs = rope_theta ** (torch.arange(0, head_dim, 2, device="cpu").to(torch.float32) / head_dim)
+    extrapolation = 1.0 / pos_freqs  # kept as is
+    interpolation = 1.0 / (factor * pos_freqs)
     low, high = yarn_ramp_bounds(head_dim, rope_theta, original_max_position_embeddings, beta_fast, beta_slow,
                                  truncate)
     if low == high:
@@ -150,10 +155,7 @@ def inv_freq_and_attention_factor(model: ModelConfig, yarn: YarnConfig) -> Tuple
 
 
 def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotation angles [len(positions), head_dim // 2], float32, reduced modulo 2π in float64.
-
-    At 4M positions a float32 product p·θ has a rounding error of up to 0.25 rad; computing it in float64 and
-    reducing it to [0, 2π) first keeps float32 angles accurate to ~1e-7 rad at any length (cos/sin unchanged).
-    """
-    angles = torch.outer(positions.to(torch.float64), inv_freq.to(device=positions.device, dtype=torch.float64))
-    return torch.remainder(angles, 2 * math.pi).to(torch.float32)
+    """Rotation angles [len(positions), head_dim // 2]: the float32 outer product p·θ_i, computed exactly as
+    transformers, vLLM and Megatron-Core compute it, so training sees the positions the served model sees
+    (docs/yarn.md, "Angle precision")."""
+    return torch.outer(positions.to(torch.float32), inv_freq.to(device=positions.device, dtype=torch.float32))

@@ -70,7 +70,8 @@ def test_scale_factor_is_target_over_the_pre_extension_window(target, factor):
 
 
 @pytest.mark.parametrize("head_dim,theta,factor,low,high,original",
-                         [(128, 5e5, 8.0, 1.0, 4.0, 8192), (64, 1e4, 4.0, 1.0, 4.0, 16), (64, 5e5, 32.0, 2.0, 8.0, 256)])
+                         [(128, 5e5, 8.0, 1.0, 4.0, 8192), (64, 1e4, 4.0, 1.0, 4.0, 16),
+                          (64, 5e5, 32.0, 2.0, 8.0, 256)])
 def test_llama3_inv_freq_equals_transformers(head_dim, theta, factor, low, high, original):
     hf = _hf_config(head_dim, theta, 131072, rope_type="llama3", factor=factor, low_freq_factor=low,
                     high_freq_factor=high, original_max_position_embeddings=original)
@@ -99,15 +100,25 @@ def test_model_config_dispatch_prefers_yarn_over_the_base_scaling():
     assert t == pytest.approx(0.1 * math.log(128) + 1)
 
 
-def test_angles_stay_accurate_at_millions_of_positions():
-    inv = rope.default_inv_freq(128, 5e5)
-    pos = torch.tensor([0, 1, 4_194_303])
-    exact = torch.outer(pos.double(), inv.double())
-    got = rope.rope_angles(pos, inv).double()
-    assert (got >= 0).all() and (got < 2 * math.pi + 1e-6).all()
-    err = (torch.cos(got) - torch.cos(exact)).abs().max().item()
-    naive = (torch.cos(torch.outer(pos.float(), inv).double()) - torch.cos(exact)).abs().max().item()
-    assert err < 1e-6 < naive  # float32 products lose ~0.1 rad at 4M; the reduced angles do not
+@pytest.mark.parametrize("position", [16383, 1_048_575, 2_097_151, 4_194_303])
+def test_angles_are_the_float32_product_serving_stacks_compute(position):
+    """transformers / vLLM / Megatron multiply positions by frequencies in float32; so do we, bit for bit (the
+    float64-reduced angles we had differ from them by up to 0.12 rad at 4M)."""
+    inv = rope.yarn_inv_freq(128, 5e5, 512.0, 8192)
+    pos = torch.arange(position - 255, position + 1)
+    got = rope.rope_angles(pos, inv)
+    assert got.dtype == torch.float32 and got.shape == (256, 64)
+    assert torch.equal(got, pos[:, None].float() * inv[None, :])  # transformers' LlamaRotaryEmbedding.forward
+    assert torch.equal(got, torch.outer(pos.float(), inv))  # Megatron's RotaryEmbedding.get_freqs_non_repeated
+
+
+def test_yarn_inv_freq_is_bit_identical_to_transformers():
+    """1 / (s·θ^(2i/d)) as the reference computes it, not (1 / θ^(2i/d)) / s: they differ in the last bit for
+    factors that are not powers of two (3, 40, ...)."""
+    for factor in (3.0, 40.0, 100.0, 128.0, 256.0, 512.0):
+        hf = _hf_config(128, 5e5, int(8192 * factor), rope_type="yarn", factor=factor,
+                        original_max_position_embeddings=8192, beta_fast=4.0, beta_slow=1.0)
+        assert torch.equal(rope.yarn_inv_freq(128, 5e5, factor, 8192), ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")[0])
 
 
 BAD_YARN = [

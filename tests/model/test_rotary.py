@@ -8,8 +8,8 @@ import torch
 import transformers
 
 from megatron_ultralong.config import ConfigError, ModelConfig, YarnConfig
-from megatron_ultralong.model.rotary import UltralongRotaryEmbedding, rope_softmax_scale, zigzag_positions
 from megatron_ultralong.context_parallel import zigzag_merge
+from megatron_ultralong.model.rotary import UltralongRotaryEmbedding, rope_softmax_scale, zigzag_positions
 
 MODEL = ModelConfig(hidden_size=256, num_attention_heads=4, num_query_groups=2, rope_theta=5e5,
                     max_position_embeddings=8192)
@@ -42,15 +42,63 @@ def test_cos_sin_times_attention_factor_equal_transformers_yarn_rotary():
     emb = rotary(seq)[:, 0, 0, :]
     t = rotary.attention_factor
     assert t == pytest.approx(0.1 * math.log(128) + 1)
-    # transformers multiplies positions by frequencies in float32 (error ~ position · 6e-8 rad), we reduce in
-    # float64: equal to that precision here, and closer to the exact angles than the reference is
-    assert torch.allclose(torch.cos(emb) * t, ref_cos[0], atol=5e-4)
-    assert torch.allclose(torch.sin(emb) * t, ref_sin[0], atol=5e-4)
-    assert torch.allclose(torch.cos(emb[:256]) * t, ref_cos[0, :256], atol=2e-5)
-    exact = torch.outer(torch.arange(seq, dtype=torch.float64), rotary.inv_freq.double())
-    exact = torch.cat([exact, exact], dim=-1)
-    ours, ref = (torch.cos(emb.double()) - torch.cos(exact)).abs().max(), (ref_cos[0] / t - torch.cos(exact)).abs().max()
-    assert ours < 1e-6 and ours < ref
+    # the same float32 product of positions and frequencies as transformers: equal to rounding of the final ·t
+    assert torch.allclose(torch.cos(emb) * t, ref_cos[0], rtol=0, atol=1e-6)
+    assert torch.allclose(torch.sin(emb) * t, ref_sin[0], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ serving-exact at the stage lengths
+STAGE_TARGETS = (1 << 20, 1 << 21, 1 << 22)
+
+
+def _llama31_stage(target):
+    """Llama-3.1-8B's rotary shape (head_dim 128, θ 500000) with the stage's YaRN (factor target / 8192)."""
+    model = ModelConfig(num_layers=1, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32,
+                        num_query_groups=8, kv_channels=128, vocab_size=128256, max_position_embeddings=target,
+                        rope_theta=5e5, rope_type="llama3", rope_factor=8.0)
+    return model, YarnConfig(enabled=True, target_length=target, original_max_position_embeddings=8192)
+
+
+def _served_rotary(model, yarn):
+    """transformers' LlamaRotaryEmbedding built from the config.json our export writes for this model."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from megatron_ultralong.convert.hf_config import hf_config_from_model
+
+    exported = hf_config_from_model(model, yarn, dtype="bf16")
+    assert exported["rope_scaling"]["factor"] == yarn.target_length / 8192
+    return LlamaRotaryEmbedding(transformers.LlamaConfig(**exported))
+
+
+def _max_diff(emb, t, served, positions):
+    ref_cos, ref_sin = served(torch.zeros(1, len(positions), 1), positions[None])
+    return max((torch.cos(emb) * t - ref_cos[0]).abs().max().item(),
+               (torch.sin(emb) * t - ref_sin[0]).abs().max().item())
+
+
+@pytest.mark.parametrize("target", STAGE_TARGETS)
+@pytest.mark.parametrize("where", ["below-target", "16K"])
+def test_cos_sin_equal_the_served_model_at_256_positions_below_the_target_and_at_16k(target, where):
+    model, yarn = _llama31_stage(target)
+    rotary, served = UltralongRotaryEmbedding(model, yarn), _served_rotary(model, yarn)
+    start = target - 256 if where == "below-target" else 16384 - 256
+    emb = rotary(256, offset=start)[:, 0, 0, :]
+    assert emb.shape == (256, 128)
+    assert _max_diff(emb, rotary.attention_factor, served, torch.arange(start, start + 256)) <= 1e-6
+
+
+@pytest.mark.parametrize("target", STAGE_TARGETS)
+@pytest.mark.parametrize("cp", [2, 4])
+def test_zigzag_cp_positions_equal_the_served_model_below_the_target(target, cp):
+    model, yarn = _llama31_stage(target)
+    served = _served_rotary(model, yarn)
+    seq = 512
+    start = target - seq
+    for r in range(cp):
+        emb = UltralongRotaryEmbedding(model, yarn, cp_group=_Group(cp, r))(seq, offset=start)[:, 0, 0, :]
+        positions = zigzag_positions(seq, cp, r) + start
+        assert emb.shape == (seq // cp, 128)
+        assert _max_diff(emb, UltralongRotaryEmbedding(model, yarn).attention_factor, served, positions) <= 1e-6
 
 
 def test_softmax_scale_carries_the_squared_temperature():
