@@ -120,8 +120,13 @@ class DataConfig:
     """CPT: a mixture manifest .json, preprocessed dirs or dataset prefixes; SFT: chat jsonl or SFT prefixes."""
     synthetic: Optional[str] = None
     """Use a generated task instead of files: 'copy' (learnable, for tests and the demo) or None."""
+    separator: Optional[str] = "<s>"
+    """Text joining packed CPT documents, encoded as plain text by data.tokenizer (the paper's "<s>"); null = the
+    tokenizer's dedicated separator token. data.separator_id, when set, replaces it."""
     separator_id: Optional[int] = None
-    """Token joining packed documents; None uses the tokenizer's dedicated separator (never BOS/EOS)."""
+    """One token id joining packed documents instead of data.separator (never BOS/EOS/EOT/pad)."""
+    allow_tokenizer_mismatch: bool = False
+    """Train although the datasets' summary.json names another tokenizer (vocabulary, special ids, separator)."""
     mask_cross_document: bool = False
     """Mask attention across packed document boundaries (SFT always masks across samples)."""
     short_threshold: int = 4096

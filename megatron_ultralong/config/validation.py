@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
-                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, Config, ConfigError, ModelConfig,
-                     ParallelConfig, YarnConfig, data_parallel_size, head_dim, heads_per_tp_rank)
+                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, Config, ConfigError, DataConfig,
+                     ModelConfig, ParallelConfig, YarnConfig, data_parallel_size, head_dim, heads_per_tp_rank)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -162,6 +162,12 @@ def validate_data(cfg: Config, world_size: Optional[int] = None) -> None:
     _check(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0 (0 = load in the training process)")
     _one_of(d.loader, LOADERS, "data.loader")
     _one_of(d.chat_template, CHAT_TEMPLATES, "data.chat_template")
+    _check(d.separator is None or (isinstance(d.separator, str) and d.separator != ""),
+           f"data.separator={d.separator!r}: must be a non-empty text (the paper's '<s>'), or null for the "
+           f"tokenizer's dedicated separator token")
+    _check(d.separator_id is None or d.separator in (None, DataConfig.separator),
+           f"data.separator={d.separator!r} and data.separator_id={d.separator_id} both choose the separator; set "
+           f"one of them (data.separator_id replaces the default '<s>' text)")
     _check(d.separator_id is None or 0 <= d.separator_id < m.vocab_size,
            f"data.separator_id={d.separator_id} is outside the vocabulary (0..{m.vocab_size - 1}); "
            f"use an unused special token id, or unset it to take the tokenizer's separator")

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import Config, ConfigError, needs_document_masking
 from . import DataError
 from .packing import DocumentStream, fill_from_stream, fill_whole_samples, plan_whole_samples, window_to_sample
+from .tokenizer import Separator, resolve_separator
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,22 @@ class CopyTaskSource:
 
 
 class MixtureStreamSource:
-    """CPT: the mixture's documents, reshuffled every epoch, as one endless separator-joined stream."""
+    """CPT: the mixture's documents, reshuffled every epoch, as one endless separator-joined stream. ``sep_ids``:
+    the separator's token ids (one or more); ``seed``: the data-order seed (``stage_seed``)."""
 
     def __init__(self, names: Sequence[str], prefixes: Sequence[str], draws: np.ndarray,
-                 lengths: Sequence[np.ndarray], seq_length: int, sep_id: int, seed: int):
+                 lengths: Sequence[np.ndarray], seq_length: int, sep_ids: Sequence[int], seed: int,
+                 separator: Optional[Separator] = None):
         self.names, self.prefixes = list(names), list(prefixes)
         self.draws = np.asarray(draws, dtype=np.int64)
         self.draw_lengths = np.zeros(len(self.draws), np.int64)  # length of the document behind each row
         for s in range(len(self.prefixes)):
             rows = self.draws[:, 0] == s
             self.draw_lengths[rows] = np.asarray(lengths[s], np.int64)[self.draws[rows, 1]]
-        self.epoch_tokens = int((self.draw_lengths + 1).sum())
-        self.seq_length, self.sep_id, self.seed = seq_length, sep_id, seed
+        self.sep_ids = tuple(int(i) for i in np.atleast_1d(sep_ids))
+        self.separator = separator  # for describe() only
+        self.epoch_tokens = int((self.draw_lengths + len(self.sep_ids)).sum())
+        self.seq_length, self.seed = seq_length, seed
         self._datasets = None  # opened lazily: once per process (DataLoader workers re-open the mmaps)
         self._epochs: Dict[int, Tuple[np.ndarray, DocumentStream]] = {}
 
@@ -69,7 +74,7 @@ class MixtureStreamSource:
             if len(self._epochs) >= 2:  # a window spans at most two epochs
                 self._epochs.pop(min(self._epochs))
             perm = np.random.default_rng([self.seed, e, 0x435054]).permutation(len(self.draws))  # "CPT"
-            self._epochs[e] = (perm, DocumentStream(self.draw_lengths[perm]))
+            self._epochs[e] = (perm, DocumentStream(self.draw_lengths[perm], len(self.sep_ids)))
         return self._epochs[e]
 
     def _read(self, perm: np.ndarray, d: int, offset: int, n: int) -> np.ndarray:
@@ -89,14 +94,15 @@ class MixtureStreamSource:
             perm, stream = self._epoch(e)
             take = min(n - at, self.epoch_tokens - offset)
             written, next_seg = fill_from_stream(stream, offset, take, lambda d, o, k: self._read(perm, d, o, k),
-                                                 self.sep_id, tokens, seg, at, next_seg)
+                                                 self.sep_ids, tokens, seg, at, next_seg)
             at += written
         return tokens, seg, np.ones(n, np.int8)
 
     def describe(self) -> str:
         return (f"CPT mixture of {len(self.prefixes)} sources ({', '.join(self.names)}), {len(self.draws):,} "
                 f"documents, {self.epoch_tokens:,} tokens per epoch (= {self.epoch_tokens // self.seq_length:,} "
-                f"windows), separator id {self.sep_id}")
+                f"windows), separator {self.separator.describe() if self.separator else list(self.sep_ids)}, "
+                f"data-order seed {self.seed}")
 
 
 class PackedSamplesSource:
@@ -191,26 +197,38 @@ def _tokenizer(cfg: Config):
     return tok
 
 
+def run_separator(cfg: Config, tok=None) -> Separator:
+    """The separator this CPT run packs with (data.separator_id, else data.separator encoded by data.tokenizer,
+    else the tokenizer's dedicated token); ``tok``: the loaded data.tokenizer, if the caller has it."""
+    tok = tok if tok is not None else _tokenizer(cfg)
+    return resolve_separator(tok, cfg.data.separator, cfg.data.separator_id)
+
+
+def stage_seed(cfg: Config) -> int:
+    """The data-order seed of this stage: train.seed mixed with what tells stages apart (train.mode and
+    data.seq_length, the stage's target length), so no two stages replay one stream; the same stage, resumed or
+    rerun, gets the same order whatever its run directory or parallel layout (docs/data.md, "Stage seeds")."""
+    import hashlib
+    import json
+
+    key = json.dumps(["data-order", cfg.train.seed, cfg.train.mode, cfg.data.seq_length])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1  # 63 bits: numpy takes it
+
+
 def _cpt_source(cfg: Config):
     from .mixture import (MixtureParams, build_mixture, check_not_sft_dataset, load_mixture, report_table,
                           resolve_sources)
     from .indexed import read_document_lengths
 
     d = cfg.data
-    tok = _tokenizer(cfg)
-    if tok is not None:
-        sep = tok.sep_id  # honours data.separator_id, checked against the tokenizer's BOS/EOS/EOT/pad
-    elif d.separator_id is not None:
-        sep = d.separator_id
-    else:
-        raise ConfigError("train.mode=cpt packs documents with a separator token: set data.tokenizer (its "
-                          "dedicated separator is used) or data.separator_id")
+    sep = run_separator(cfg)
     if len(d.paths) == 1 and d.paths[0].endswith(".json"):
         mix = load_mixture(d.paths[0])
         for prefix in mix.prefixes:  # resolve_sources checks the other paths; a manifest may predate that check
             check_not_sft_dataset(prefix)
     else:
-        mix = build_mixture(resolve_sources(d.paths), MixtureParams.from_data_config(d, cfg.train.seed))
+        mix = build_mixture(resolve_sources(d.paths), MixtureParams.from_data_config(d, cfg.train.seed),
+                            separator=sep.as_dict())
         log.info("mixture built from %s:\n%s", d.paths, report_table(mix.report))
     lengths = [read_document_lengths(p) for p in mix.prefixes]
     for s, (name, x) in enumerate(zip(mix.names, lengths)):
@@ -218,7 +236,8 @@ def _cpt_source(cfg: Config):
         if len(rows) and rows.max() >= len(x):
             raise DataError(f"mixture source {name!r} refers to document {int(rows.max())} but {mix.prefixes[s]} "
                             f"has {len(x)}; the dataset changed after the mixture was built — rebuild the mixture")
-    return MixtureStreamSource(mix.names, mix.prefixes, mix.draws, lengths, d.seq_length, int(sep), cfg.train.seed)
+    return MixtureStreamSource(mix.names, mix.prefixes, mix.draws, lengths, d.seq_length, sep.ids, stage_seed(cfg),
+                               separator=sep)
 
 
 def _sft_source(cfg: Config):
@@ -250,7 +269,7 @@ def _sft_source(cfg: Config):
         get = _IndexedSamples(d.paths)
         lengths = get.lengths
     pad = next((t for t in ((tok.pad_id, tok.eos_id) if tok else ()) if t is not None), 0)
-    return PackedSamplesSource(lengths, get, d.seq_length, pad, cfg.train.seed)
+    return PackedSamplesSource(lengths, get, d.seq_length, pad, stage_seed(cfg))
 
 
 def build_source(cfg: Config):

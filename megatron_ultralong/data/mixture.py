@@ -15,9 +15,9 @@ balance"): source s gets ``budget · T_s / T`` tokens, so its weights are scaled
 tokens; packing adds one separator per document on top.
 
 Copies are realised deterministically from the seed: ``floor(rate)`` copies of every document of a (source,
-length bucket) group, plus one more for a subset chosen in seeded random order by error diffusion on token
-counts, so each group's tokens match ``rate × tokens`` to within half a document (the token ratios are exact to
-well under 1 % on real corpora, not just in expectation).
+length bucket) group, plus one more for a subset drawn per document with probability ``rate - floor(rate)``
+(independent of its length) and topped up exactly, so each group's tokens match ``rate × tokens`` to within half a
+document (docs/data.md, "The CPT mixture").
 
 A mixture on disk is ``<name>.json`` (sources, parameters, report) + ``<name>.draws.npy`` (int64 [M, 2]: source
 index, document index — one row per copy, grouped; the loader shuffles them per epoch).
@@ -147,19 +147,33 @@ def length_buckets(lengths: np.ndarray, params: MixtureParams) -> np.ndarray:
 
 
 def _diffuse(lengths: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
-    """Indices of documents taking one extra copy so that their tokens ≈ frac × total tokens: visit documents in
-    random order and take one whenever the taken tokens fall behind the target (error diffusion)."""
+    """Indices of documents taking one extra copy, so that their tokens ≈ frac × total tokens, whatever their
+    lengths: each document is drawn with probability ``frac`` (seeded, blind to length), then an exact top-up
+    changes documents in seeded random order up to the target (then any later one that still brings the total
+    closer), so the total ends within half a document of it."""
     if frac <= 0 or len(lengths) == 0:
         return np.zeros(0, np.int64)
-    order = rng.permutation(len(lengths))
-    taken, seen, chosen = 0.0, 0.0, []
-    for i in order:
-        n = float(lengths[i])
-        seen += n
-        if taken + n / 2 <= frac * seen:
-            chosen.append(i)
-            taken += n
-    return np.asarray(chosen, dtype=np.int64)
+    x = np.asarray(lengths, dtype=np.float64)
+    target = frac * float(x.sum())
+    take = rng.random(len(x)) < frac
+    order = rng.permutation(len(x))
+    taken = float(x[take].sum())
+    if taken != target:
+        adding = taken < target
+        cand = order[take[order] != adding]  # the documents whose change moves the total towards the target
+        gap = np.cumsum(x[cand])  # tokens moved after changing cand[:i + 1]
+        k = int(np.searchsorted(gap, abs(target - taken), side="right"))  # cand[:k] stay short of the target
+        take[cand[:k]] = adding
+        taken = float(x[take].sum())
+        smallest = float(x.min())
+        for i in order:  # the last few: add or drop any document that brings the total closer
+            gap = target - taken
+            if abs(gap) <= smallest / 2:
+                break
+            if (gap > 0) != bool(take[i]) and x[i] < 2 * abs(gap):
+                take[i] = gap > 0
+                taken += x[i] if gap > 0 else -x[i]
+    return np.flatnonzero(take).astype(np.int64)
 
 
 def _histogram(lengths: np.ndarray, counts: Optional[np.ndarray] = None) -> List[int]:
@@ -170,14 +184,18 @@ def _histogram(lengths: np.ndarray, counts: Optional[np.ndarray] = None) -> List
 
 
 def build_mixture(sources: Sequence[Tuple[str, str]], params: MixtureParams,
-                  lengths: Optional[Sequence[np.ndarray]] = None) -> Mixture:
+                  lengths: Optional[Sequence[np.ndarray]] = None, separator: Optional[dict] = None) -> Mixture:
     """Sample documents of each (name, prefix) source per the module docstring. ``lengths`` (document lengths
-    per source) skips reading the ``.idx`` files — for tests and callers that have them already."""
+    per source) skips reading the ``.idx`` files — for tests and callers that have them already. ``separator``
+    (``Separator.as_dict()``) goes into the report; None takes the default data.separator's encoding from the
+    sources' summary.json, when it is recorded there."""
     params.check()
     if lengths is None:
         from .indexed import read_document_lengths
 
         lengths = [read_document_lengths(prefix) for _, prefix in sources]
+        if separator is None:
+            separator = recorded_separator([prefix for _, prefix in sources])
     lengths = [np.asarray(x, dtype=np.int64) for x in lengths]
     totals = np.array([int(x.sum()) for x in lengths], dtype=np.float64)
     if totals.sum() <= 0:
@@ -213,6 +231,8 @@ def build_mixture(sources: Sequence[Tuple[str, str]], params: MixtureParams,
         v["share_after"] = v["tokens_after"] / after_total if after_total else 0.0
     report = {"params": asdict(params), "budget": budget, "histogram_edges": PLOT_EDGES,
               "tokens_before": int(totals.sum()), "tokens_after": int(after_total), "sources": report_sources}
+    if separator is not None:
+        report["separator"] = separator
     all_draws = np.concatenate(draws) if draws else np.zeros((0, 2), np.int64)
     if len(all_draws) == 0:
         raise DataError("the mixture is empty (token_budget too small for these sources?); raise the budget")
@@ -237,7 +257,29 @@ def report_table(report: Dict[str, object]) -> str:
         lines.append(f"{name:<14}{'share':<13}{'':>10}{v['share_before']:>15.2%}{'':>12}{v['share_after']:>15.2%}")
     lines.append(f"{'total':<14}{'':<13}{'':>10}{report['tokens_before']:>15,}{'':>12}{report['tokens_after']:>15,}")
     lines.append("ratio = tokens after / before; weight = ratio / the source's scale (the configured bucket weight)")
+    sep = report.get("separator")
+    if sep:
+        lines.append(f"separator between documents ({sep['origin']}): ids {sep['ids']}, pieces "
+                     f"{' '.join(map(repr, sep['pieces']))} (+{len(sep['ids'])} tokens per document)")
     return "\n".join(lines)
+
+
+def recorded_separator(prefixes: Sequence[str]) -> Optional[dict]:
+    """The default data.separator as the sources' tokenizer encodes it, from their summary.json (None when a
+    summary predates that record, or the sources disagree)."""
+    from .indexed import read_summary
+
+    seen = []
+    for prefix in prefixes:
+        try:
+            summary = read_summary(os.path.dirname(prefix) or ".")
+        except DataError:
+            return None
+        sep = (summary.get("tokenizer") or {}).get("separator") if isinstance(summary, dict) else None
+        if not sep:
+            return None
+        seen.append(sep)
+    return seen[0] if seen and all(s == seen[0] for s in seen) else None
 
 
 def plot_report(report: Dict[str, object], path: str | os.PathLike) -> str:

@@ -1,6 +1,6 @@
 """Packing token sequences into fixed training windows, with the document boundaries kept for masking.
 
-    packed = pack_documents(docs, seq_length=1 << 20, sep_id=tok.sep_id, seed=1234)   # CPT: documents are cut
+    packed = pack_documents(docs, seq_length=1 << 20, sep_id=sep.ids, seed=1234)      # CPT: documents are cut
     packed.tokens        # [n, seq_length + 1] int64; inputs = [:, :-1], labels = [:, 1:]
     packed.doc_ids       # [n, seq_length + 1] int32, segment index within the window (0, 1, ...)
     packed.cu_seqlens[i] # segment boundaries of window i over its seq_length + 1 tokens (THD packed format)
@@ -12,29 +12,43 @@ The CPT and SFT layouts, the shared token between windows and what masking chang
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import DataError
 
 
-class DocumentStream:
-    """The lazy concatenation ``d0 SEP d1 SEP ...`` of documents known by their lengths (nothing is read)."""
+SepIds = Union[int, Sequence[int]]
+"""A separator: one token id or a token sequence (data.separator's encoding)."""
 
-    def __init__(self, lengths: Sequence[int]):
+
+def separator_array(sep: SepIds) -> np.ndarray:
+    """The separator as a non-empty int64 array (DataError if empty)."""
+    arr = np.atleast_1d(np.asarray(sep, dtype=np.int64))
+    if arr.ndim != 1 or len(arr) == 0:
+        raise DataError(f"separator {sep!r}: need one token id or a non-empty sequence of ids")
+    return arr
+
+
+class DocumentStream:
+    """The lazy concatenation ``d0 SEP d1 SEP ...`` of documents known by their lengths (nothing is read); SEP is
+    ``sep_length`` tokens."""
+
+    def __init__(self, lengths: Sequence[int], sep_length: int = 1):
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.ends = np.cumsum(self.lengths + 1)  # exclusive end of each document's block (its tokens + SEP)
+        self.sep_length = int(sep_length)
+        self.ends = np.cumsum(self.lengths + self.sep_length)  # exclusive end of each document's block (+ SEP)
         self.total = int(self.ends[-1]) if len(self.ends) else 0
         """Stream length in tokens, separators included."""
 
     def segments(self, start: int, stop: int) -> List[Tuple[int, int, int]]:
         """Pieces of documents covering stream positions [start, stop): (document, first, last) with first/last
-        offsets inside the document's block (offset == length is its separator), last exclusive."""
+        offsets inside the document's block (offsets >= length are its separator), last exclusive."""
         out = []
         d = int(np.searchsorted(self.ends, start, side="right"))
         while start < stop and d < len(self.ends):
-            block_start = int(self.ends[d] - self.lengths[d] - 1)
+            block_start = int(self.ends[d] - self.lengths[d] - self.sep_length)
             end = min(stop, int(self.ends[d]))
             out.append((d, start - block_start, end - block_start))
             start, d = end, d + 1
@@ -42,19 +56,24 @@ class DocumentStream:
 
 
 def fill_from_stream(stream: DocumentStream, start: int, count: int, read: Callable[[int, int, int], np.ndarray],
-                     sep_id: int, tokens: np.ndarray, seg: np.ndarray, at: int = 0, first_seg: int = 0
+                     sep_id: SepIds, tokens: np.ndarray, seg: np.ndarray, at: int = 0, first_seg: int = 0
                      ) -> Tuple[int, int]:
     """Copy stream positions [start, start + count) into ``tokens[at:]`` with segment ids in ``seg[at:]``.
-    ``read(doc, offset, n)`` returns n tokens of a document. A new segment starts at each document start (and at
-    ``at`` itself). Returns (tokens written, the next free segment id)."""
+    ``read(doc, offset, n)`` returns n tokens of a document; ``sep_id`` is the separator (``stream.sep_length``
+    ids). A new segment starts at each document start (and at ``at`` itself). Returns (tokens written, the next
+    free segment id)."""
+    sep = separator_array(sep_id)
+    if len(sep) != stream.sep_length:
+        raise DataError(f"separator of {len(sep)} tokens on a stream built for {stream.sep_length}")
     pos, next_seg = at, first_seg
     for d, first, last in stream.segments(start, start + count):
         length = int(stream.lengths[d])
         n_doc = max(0, min(last, length) - first)
         if n_doc:
             tokens[pos: pos + n_doc] = read(d, first, n_doc)
-        if last > length:  # the block's separator is inside the range
-            tokens[pos + n_doc] = sep_id
+        if last > length:  # (part of) the block's separator is inside the range
+            a = max(first, length) - length
+            tokens[pos + n_doc: pos + last - first] = sep[a: last - length]
         n = last - first
         seg[pos: pos + n] = next_seg
         pos, next_seg = pos + n, next_seg + 1
@@ -91,27 +110,28 @@ def cu_seqlens_from_doc_ids(doc_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], starts, [len(doc_ids)]]).astype(np.int32)
 
 
-def pack_documents(docs: Sequence[Sequence[int]], seq_length: int, sep_id: int, *, seed: Optional[int] = None,
+def pack_documents(docs: Sequence[Sequence[int]], seq_length: int, sep_id: SepIds, *, seed: Optional[int] = None,
                    pad_id: Optional[int] = None) -> PackedWindows:
-    """Pack documents (token lists) into windows of exactly ``seq_length + 1`` tokens, each document closed by
-    ``sep_id``; documents are cut at window edges, none is lost or repeated. ``seed`` shuffles the document order
-    (deterministically); None keeps the given order. ``pad_id`` (default ``sep_id``) fills the tail of the last
-    window, marked as non-target."""
+    """Pack documents (token lists) into windows of exactly ``seq_length + 1`` tokens, each document closed by the
+    separator ``sep_id`` (one id or a sequence of ids); documents are cut at window edges, none is lost or
+    repeated. ``seed`` shuffles the document order (deterministically); None keeps the given order. ``pad_id``
+    (default: the separator's first id) fills the tail of the last window, marked as non-target."""
     if seq_length < 1:
         raise DataError(f"seq_length={seq_length}: must be >= 1")
+    sep = separator_array(sep_id)
     order = np.arange(len(docs)) if seed is None else np.random.default_rng(seed).permutation(len(docs))
     arrays = [np.asarray(docs[i], dtype=np.int64) for i in order]
-    stream = DocumentStream([len(a) for a in arrays])
+    stream = DocumentStream([len(a) for a in arrays], len(sep))
     n_windows = -(-stream.total // seq_length)  # ceil: every stream token is an input of some window
     width = seq_length + 1
-    tokens = np.full((n_windows, width), sep_id if pad_id is None else pad_id, np.int64)
+    tokens = np.full((n_windows, width), sep[0] if pad_id is None else pad_id, np.int64)
     doc_ids = np.zeros((n_windows, width), np.int32)
     target = np.zeros((n_windows, width), np.int8)
     window_docs, num_pad = [], 0
     for w in range(n_windows):
         start = w * seq_length
         n = min(width, stream.total - start)
-        written, next_seg = fill_from_stream(stream, start, n, lambda d, o, k: arrays[d][o: o + k], sep_id,
+        written, next_seg = fill_from_stream(stream, start, n, lambda d, o, k: arrays[d][o: o + k], sep,
                                              tokens[w], doc_ids[w])
         target[w, :written] = 1
         docs_here = [order[d] for d, _, _ in stream.segments(start, start + n)]

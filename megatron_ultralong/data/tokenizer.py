@@ -2,19 +2,24 @@
 
     tok = load_tokenizer("llama3/tokenizer.json")      # or "spm.model", or "hf_dir/"
     ids = tok.encode("Hello world")                     # plain text: no BOS/EOS, special-token strings stay text
-    tok.sep_id                                          # the document separator used by packing (never BOS/EOS)
+    sep = resolve_separator(tok, "<s>", None)           # the packing separator: sep.ids == (45147, 29) for Llama-3
+    tok.sep_id                                          # the dedicated one-token separator (never BOS/EOS)
 
-How the separator is chosen (``data.separator_id``, then ``SEPARATOR_TOKENS``): docs/data.md (Tokenizer).
+How the separator is chosen (``data.separator`` text, ``data.separator_id``, ``SEPARATOR_TOKENS``): docs/data.md
+(Tokenizer and the separator).
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from . import DataError
 
+DEFAULT_SEPARATOR = "<s>"
+"""The paper's document separator: the literal text ``<s>``, encoded as plain text (the default data.separator)."""
 SEPARATOR_TOKENS = ("<|reserved_special_token_0|>", "<|sep|>", "<sep>", "[SEP]")
 """Separator candidates, in order of preference."""
 BOS_TOKENS = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
@@ -70,6 +75,20 @@ class Tokenizer:
         """True for tokens plain text can never produce (HF special / sentencepiece control or user-defined)."""
         raise NotImplementedError
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary string of one id (for reports)."""
+        raise NotImplementedError
+
+    def encode_separator(self, text: str) -> List[int]:
+        """Ids of separator text as it reads between two documents: plain-text encoding (no BOS/EOS; ``<s>`` stays
+        text even where it names BOS). DataError if it is empty or yields a token that already has a meaning."""
+        ids = self.encode(text) if text else []
+        if not ids:
+            raise DataError(f"data.separator={text!r} encodes to no tokens with {self.path}; give a non-empty text "
+                            f"such as '<s>', or a token id as data.separator_id")
+        self._check_free(ids, f"data.separator={text!r}")
+        return ids
+
     # ------------------------------------------------------------------------------------- derived
     def _first_present(self, names: Sequence[str]) -> Optional[int]:
         for name in names:
@@ -93,10 +112,7 @@ class Tokenizer:
                 raise DataError(f"separator token {req!r} is not in the vocabulary of {self.path}; "
                                 f"pick an existing special token or pass its id as data.separator_id")
         elif req is not None:
-            sep = int(req)
-            if not 0 <= sep < self.vocab_size:
-                raise DataError(f"data.separator_id={sep} is outside the vocabulary of {self.path} "
-                                f"(0..{self.vocab_size - 1}); use an unused special token id")
+            return self.checked_separator_id(int(req))
         else:
             sep = next((t for t in (self.token_to_id(n) for n in SEPARATOR_TOKENS)
                         if t is not None and self._is_special(t)), None)
@@ -105,12 +121,25 @@ class Tokenizer:
                                 f"{', '.join(SEPARATOR_TOKENS)}); "
                                 f"set data.separator_id to an unused special/control token id, or train the "
                                 f"sentencepiece model with --control_symbols=<|sep|>")
-        taken = {"BOS": self.bos_id, "EOS": self.eos_id, "end-of-turn": self.eot_id, "padding": self.pad_id}
-        for what, tid in taken.items():
-            if tid is not None and sep == tid:
-                raise DataError(f"separator id {sep} of {self.path} is the {what} token, which the model already "
-                                f"gives a meaning; set data.separator_id to an unused special token id")
+        self._check_free([sep], f"separator id {sep}")
         return sep
+
+    def checked_separator_id(self, sep: int) -> int:
+        """``sep`` (data.separator_id) if it is inside the vocabulary and has no meaning yet, else DataError."""
+        if not 0 <= sep < self.vocab_size:
+            raise DataError(f"data.separator_id={sep} is outside the vocabulary of {self.path} "
+                            f"(0..{self.vocab_size - 1}); use an unused special token id")
+        self._check_free([sep], f"separator id {sep}")
+        return sep
+
+    def _check_free(self, ids: Sequence[int], what: str) -> None:
+        """DataError if one of ``ids`` is BOS/EOS/end-of-turn/padding, which the model already gives a meaning."""
+        taken = {"BOS": self.bos_id, "EOS": self.eos_id, "end-of-turn": self.eot_id, "padding": self.pad_id}
+        for name, tid in taken.items():
+            if tid is not None and tid in ids:
+                raise DataError(f"{what} of {self.path} includes the {name} token (id {tid}), which the model "
+                                f"already gives a meaning; use another data.separator text or an unused special "
+                                f"token id as data.separator_id")
 
     def describe(self) -> Dict[str, object]:
         """Ids and path, for reports (the separator only if one resolves)."""
@@ -118,8 +147,13 @@ class Tokenizer:
             sep = self.sep_id
         except DataError:
             sep = None
+        try:  # the default data.separator as this tokenizer encodes it (the trainer checks a dataset against it)
+            text_sep = resolve_separator(self, DEFAULT_SEPARATOR, None).as_dict()
+        except DataError:
+            text_sep = None
         return {"path": self.path, "kind": type(self).__name__, "vocab_size": self.vocab_size, "bos_id": self.bos_id,
-                "eos_id": self.eos_id, "eot_id": self.eot_id, "pad_id": self.pad_id, "sep_id": sep}
+                "eos_id": self.eos_id, "eot_id": self.eot_id, "pad_id": self.pad_id, "sep_id": sep,
+                "separator": text_sep}
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -157,6 +191,16 @@ class SentencePieceTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> Optional[int]:
         tid = self.sp.piece_to_id(token)
         return tid if tid < self.vocab_size and self.sp.id_to_piece(tid) == token else None
+
+    def piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(int(token_id))
+
+    def encode_separator(self, text: str) -> List[int]:
+        ids = super().encode_separator(text)
+        # standalone text gets sentencepiece's dummy-prefix space: between documents "<s>" has none before it
+        if len(ids) > 1 and self.sp.id_to_piece(ids[0]) == "\u2581" and not text[:1].isspace():
+            ids = ids[1:]
+        return ids
 
     def _is_special(self, token_id: int) -> bool:
         # user-defined symbols are "normal" pieces to sentencepiece, but they match only their literal string
@@ -220,6 +264,9 @@ class HFTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> Optional[int]:
         return self.tok.token_to_id(token)
 
+    def piece(self, token_id: int) -> str:
+        return self.tok.id_to_token(int(token_id))
+
     def _is_special(self, token_id: int) -> bool:
         return self.tok.id_to_token(token_id) in self._special
 
@@ -252,3 +299,44 @@ def load_tokenizer(path: str | os.PathLike, separator: Union[int, str, None] = N
     if head.lstrip().startswith(b"{"):  # a tokenizer.json under another name
         return HFTokenizer(file, separator)
     return SentencePieceTokenizer(file, separator)
+
+
+@dataclass(frozen=True)
+class Separator:
+    """The token sequence packing puts between documents, and where it came from."""
+
+    ids: Tuple[int, ...]
+    """Token ids, in order (one or more)."""
+    pieces: Tuple[str, ...]
+    """Their vocabulary strings (ids as text when there is no tokenizer)."""
+    origin: str
+    """How it was chosen: "data.separator='<s>'", 'data.separator_id' or "the tokenizer's dedicated separator"."""
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"origin": self.origin, "ids": list(self.ids), "pieces": list(self.pieces)}
+
+    def describe(self) -> str:
+        """One line for logs and reports: origin, ids and pieces."""
+        return f"{self.origin}: ids {list(self.ids)} (pieces {', '.join(map(repr, self.pieces))})"
+
+
+def resolve_separator(tok: Optional[Tokenizer], text: Optional[str], token_id: Optional[int]) -> Separator:
+    """The packing separator: ``token_id`` (data.separator_id) when set, as one token; else ``text``
+    (data.separator) encoded as plain text by ``tok``; else the tokenizer's dedicated separator token.
+    DataError/ConfigError (one line) when it cannot be built."""
+    from ..config import ConfigError
+
+    if token_id is not None:
+        ids = [int(token_id) if tok is None else tok.checked_separator_id(int(token_id))]
+        origin = "data.separator_id"
+    elif tok is None:
+        what = (f"data.separator={text!r}, a text the model's tokenizer encodes" if text is not None
+                else "the tokenizer's dedicated separator token (data.separator=null)")
+        raise ConfigError(f"train.mode=cpt joins documents with {what}: set data.tokenizer, or give one token id "
+                          f"as data.separator_id")
+    elif text is not None:
+        ids, origin = tok.encode_separator(text), f"data.separator={text!r}"
+    else:
+        ids, origin = [tok.sep_id], "the tokenizer's dedicated separator"
+    pieces = tuple(tok.piece(i) if tok is not None else str(i) for i in ids)
+    return Separator(tuple(int(i) for i in ids), pieces, origin)

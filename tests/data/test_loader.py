@@ -97,10 +97,24 @@ def test_dp2_ranks_together_see_exactly_the_dp1_global_batches(indexed, spm_mode
     assert _same(_take(build_train_iterator(cfg, 1, 2, consumed_samples=4), 2), [dp1[5], dp1[7]])
 
 
-def test_cpt_windows_cover_the_mixture_once_per_epoch_in_a_new_order(indexed, spm_model):
-    cfg = _cpt_cfg(indexed, spm_model)
+def _split_on(stream, sep):
+    """Documents of a ``d SEP d SEP ...`` stream (SEP: a token sequence), each without its closing separator."""
+    k = len(sep)
+    hits = np.flatnonzero((np.lib.stride_tricks.sliding_window_view(stream, k) == sep).all(axis=1))
+    starts, docs = 0, []
+    for h in hits:
+        if h >= starts:  # occurrences do not overlap
+            docs.append(tuple(stream[starts:h].tolist()))
+            starts = h + k
+    return docs, starts
+
+
+@pytest.mark.parametrize("separator", ["default", "null"])
+def test_cpt_windows_cover_the_mixture_once_per_epoch_in_a_new_order(indexed, spm_model, separator):
+    cfg = _cpt_cfg(indexed, spm_model, *(["data.separator=null"] if separator == "null" else []))
     source = build_source(cfg)
-    sep, T = source.sep_id, source.epoch_tokens
+    sep, T = np.array(source.sep_ids), source.epoch_tokens
+    assert len(sep) == (3 if separator == "default" else 1)  # "<s>" is three pieces of the toy tokenizer
     n = -(-2 * T // SEQ) + 1  # two epochs
     windows = [source.window(i)[0] for i in range(n)]
     assert all(len(w) == SEQ + 1 for w in windows)
@@ -108,28 +122,31 @@ def test_cpt_windows_cover_the_mixture_once_per_epoch_in_a_new_order(indexed, sp
     stream = np.concatenate([w[:-1] for w in windows])
     datasets = [open_indexed_dataset(p) for p in source.prefixes]
     expected = Counter(tuple(datasets[s][d].tolist()) for s, d in source.draws)
+    assert T == sum(len(d) for d in expected.elements()) + len(sep) * len(source.draws)
     epochs = []
     for e in range(2):
         part = stream[e * T:(e + 1) * T]
-        assert part[-1] == sep
-        docs = [tuple(x) for x in np.split(part, np.flatnonzero(part == sep) + 1)[:-1]]
-        docs = [d[:-1] for d in docs]  # drop each document's closing separator
+        assert np.array_equal(part[-len(sep):], sep)
+        docs, end = _split_on(part, sep)
+        assert end == T  # nothing after the last separator of the epoch
         assert Counter(docs) == expected  # every draw exactly once: upsampled documents several times
         epochs.append(docs)
     assert epochs[0] != epochs[1]  # reshuffled per epoch
 
 
 def test_cross_document_masking_is_switchable(indexed, spm_model):
-    def batches(*extra):  # 32 windows: enough document boundaries at this corpus' lengths
-        taken = _take(build_train_iterator(_cpt_cfg(indexed, spm_model, "train.micro_batch_size=4", *extra), 0, 1), 8)
+    def batches(*extra):  # 64 windows: enough document boundaries at this corpus' lengths
+        taken = _take(build_train_iterator(_cpt_cfg(indexed, spm_model, "train.micro_batch_size=4", *extra), 0, 1), 16)
         return {k: torch.cat([b[k] for b in taken]) for k in taken[0]}
 
     off, on = batches(), batches("data.mask_cross_document=true")
     assert torch.equal(off["tokens"], on["tokens"]) and torch.equal(off["doc_ids"], on["doc_ids"])
-    assert off["loss_mask"].sum() == 32 * SEQ and torch.equal(off["position_ids"][5], torch.arange(SEQ))
-    sep = load_tokenizer(spm_model).sep_id
-    assert torch.equal(on["loss_mask"] == 0, on["tokens"] == sep)  # a separator's label is the next document
-    new_doc = torch.cat([torch.ones(32, 1, dtype=torch.bool), on["doc_ids"][:, 1:] != on["doc_ids"][:, :-1]], 1)
+    assert off["loss_mask"].sum() == 64 * SEQ and torch.equal(off["position_ids"][5], torch.arange(SEQ))
+    sep = build_source(_cpt_cfg(indexed, spm_model)).sep_ids
+    assert len(sep) == 3 and sep[-1] not in sep[:-1]
+    # the last separator token's label is the next document's first token
+    assert torch.equal(on["loss_mask"] == 0, on["tokens"] == sep[-1])
+    new_doc = torch.cat([torch.ones(64, 1, dtype=torch.bool), on["doc_ids"][:, 1:] != on["doc_ids"][:, :-1]], 1)
     assert torch.equal(new_doc, on["position_ids"] == 0) and new_doc[:, 1:].sum() >= 2
 
 
@@ -211,7 +228,7 @@ def test_dali_loader_prefetches_the_same_batches_to_the_gpu(indexed, spm_model):
 
 
 def test_bad_loader_inputs_raise_one_line_errors(indexed, spm_model, tmp_path, chat):
-    with pytest.raises(ConfigError, match="separator token: set data.tokenizer"):
+    with pytest.raises(ConfigError, match="joins documents with data.separator='<s>', .*: set data.tokenizer"):
         build_train_iterator(_cfg("data.synthetic=null", f"data.paths=[{indexed}]"), 0, 1)
     with pytest.raises(DataError, match="has 512 tokens but model.vocab_size=256"):
         build_train_iterator(_cpt_cfg(indexed, spm_model, "model.vocab_size=256"), 0, 1)
