@@ -18,7 +18,6 @@ import numpy as np
 
 from . import DataError
 
-
 SepIds = Union[int, Sequence[int]]
 """A separator: one token id or a token sequence (data.separator's encoding)."""
 

@@ -24,12 +24,14 @@ import torch.distributed as dist
 from .. import cpu_shims
 from ..checkpoint import CheckpointError, find_latest, layout_summary, load_checkpoint, save_checkpoint
 from ..config import Config, checkpoint_dir, config_from_dict, dump_recipe
+from ..data.checks import check_data
 from ..model.builder import TORCH_DTYPES, build_model
 from ..parallel import destroy_distributed, init_distributed
 from ..rope import resolved_yarn_factor
 from . import EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
 from .metrics import MetricsLogger, memory_gb, peak_flops_per_gpu, train_flops_per_token
 from .schedule import LRSchedule
+from .separator_rows import init_separator_rows
 from .step import forward_backward
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -132,6 +134,7 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        check_data(cfg)  # data paths, tokenizer, separator, SFT schema: seconds, before any process group or model
         self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
         self.ckpt_dir = checkpoint_dir(cfg)
         prepare_run_dir(cfg.train.run_dir, "train.run_dir")  # fail before any process group starts
@@ -182,6 +185,7 @@ class Trainer:
                 meta = load_checkpoint(cfg.checkpoint.init_from, self.model)
             except CheckpointError as e:
                 raise CheckpointError(f"checkpoint.init_from: {e}") from None
+            init_separator_rows(self.model, cfg, log)  # reserved/untrained separator tokens: trained-mean rows
             self.optimizer.reload_model_params()  # refresh the FP32 main copies from the loaded weights
             log(f"initialised weights from {meta['path']} (step {meta['step']}); rotary: "
                 f"{_rope_name(config_from_dict(meta['config']))} in the checkpoint -> {_rope_name(cfg)} in this run")

@@ -281,3 +281,26 @@ def test_a_mixture_manifest_given_without_json_is_pointed_at(indexed, spm_model,
     with pytest.raises(DataError, match=rf"did you mean {stem}\.json \(a mixture manifest\)\?"):
         build_train_iterator(_cpt_cfg(stem, spm_model), 0, 1)
     assert next(build_train_iterator(_cpt_cfg(stem + ".json", spm_model), 0, 1))["tokens"].shape[1] == SEQ
+
+
+def test_each_stage_reads_the_mixture_in_its_own_order_and_a_stage_always_in_the_same(indexed, spm_model,
+                                                                                      tmp_path):
+    """Issue 13 item 7: the data order comes from the stage (train.seed, train.mode, data.seq_length)."""
+    from megatron_ultralong.data.loader import stage_seed
+
+    def order(*extra):
+        source = build_source(_cpt_cfg(indexed, spm_model, *extra))
+        return source._epoch(0)[0], source
+
+    same_a, src = order()
+    same_b, _ = order(f"train.run_dir={tmp_path}/elsewhere", "parallel.tp=2")  # run dir, layout: same stage
+    assert np.array_equal(same_a, same_b) and src.seed == stage_seed(_cpt_cfg(indexed, spm_model))
+    other_length, _ = order("data.seq_length=32")  # the next stage on the same mixture
+    assert sorted(other_length.tolist()) == sorted(same_a.tolist()) and not np.array_equal(other_length, same_a)
+    assert stage_seed(_cpt_cfg(indexed, spm_model, "train.seed=7")) != src.seed
+    assert stage_seed(_cpt_cfg(indexed, spm_model)) != stage_seed(_cpt_cfg(indexed, spm_model, "train.mode=sft"))
+    # the packaged stages differ from one another
+    from megatron_ultralong.config import load_recipe as recipe
+
+    seeds = {name: stage_seed(recipe(name)) for name in ("cpt_1m", "cpt_2m", "cpt_4m", "sft")}
+    assert len(set(seeds.values())) == 4, seeds

@@ -138,3 +138,35 @@ def test_mixture_defaults_are_the_recipe_defaults_and_both_use_one_range_check()
         MixtureParams(short_keep_ratio=1.5).check()
     with pytest.raises(ConfigError, match=r"^data.short_keep_ratio=1.5: must be in \(0, 1\]"):
         validate(load_recipe("toy_cpt", ["data.short_keep_ratio=1.5"]))
+
+
+@pytest.mark.parametrize("frac", [0.08, 0.3, 0.7, 1.4])  # fractional rates, below and above one copy
+def test_the_fractional_copy_is_blind_to_length_within_a_bucket(frac):
+    """Issue 19: one source of 9-16K and 32-64K documents (one bucket), budget = frac of its tokens, 12 seeds."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(9 << 10, 16 << 10, 4000), rng.integers(32 << 10, 64 << 10, 1500)])
+    short, long_ = x < 16 << 10, x >= 32 << 10
+    mean_short, mean_long = [], []
+    for seed in range(12):
+        params = MixtureParams(token_budget=int(frac * x.sum()), seed=seed)
+        mix = build_mixture([("one", "p/one")], params, lengths=[x])
+        copies = np.bincount(mix.draws[:, 1], minlength=len(x))
+        mean_short.append(copies[short].mean())
+        mean_long.append(copies[long_].mean())
+        # the token total still matches the target to within half of the shortest document
+        assert abs(int((x * copies).sum()) - params.token_budget) <= x.min() / 2 + 1
+    assert np.mean(mean_long) == pytest.approx(np.mean(mean_short), rel=0.10), (mean_short, mean_long)
+    assert np.mean(mean_short) == pytest.approx(frac, rel=0.05)
+
+
+def test_the_report_shows_the_separator_tokens(corpus, spm_model, tmp_path):
+    preprocess_text([corpus], spm_model, tmp_path / "idx", progress=False)
+    mix = build_mixture(resolve_sources([str(tmp_path / "idx")]), MixtureParams(short_threshold=150,
+                                                                                 long_threshold=600))
+    sep = mix.report["separator"]  # the default data.separator as the sources' tokenizer encodes it
+    assert sep["origin"] == "data.separator='<s>'" and sep["pieces"] == ["<0x3C>", "s", "<0x3E>"]
+    table = report_table(mix.report)
+    assert f"ids {sep['ids']}, pieces '<0x3C>' 's' '<0x3E>' (+3 tokens per document)" in table
+    given = {"origin": "data.separator_id", "ids": [5], "pieces": ["x"]}
+    assert "separator between documents (data.separator_id): ids [5]" in report_table(
+        build_mixture(SOURCES, MixtureParams(), lengths=_lengths(), separator=given).report)

@@ -96,3 +96,30 @@ def test_whole_sample_packing_never_splits_samples_and_drops_the_too_long():
     assert seen == Counter(range(60))  # each placeable sample exactly once
     fill = 1 - packed.num_pad / packed.tokens.size
     assert fill > 0.85, fill  # first-fit over open windows packs densely
+
+
+@pytest.mark.parametrize("seq_length", [1, 2, 7, 64, 5000])
+def test_a_multi_token_separator_loses_no_token_and_keeps_windows_exact(seq_length):
+    sep = [997, 998, 999]  # "<s>" is several tokens with most tokenizers (Llama-3: '<s', '>')
+    docs = _docs()
+    packed = pack_documents(docs, seq_length, sep, seed=5)
+    assert packed.tokens.shape[1] == seq_length + 1 and packed.tokens.shape == packed.doc_ids.shape
+    real = packed.tokens[:, :-1].ravel()[packed.target[:, :-1].ravel() == 1]
+    expected = Counter(t for d in docs for t in d) + Counter({s: len(docs) for s in sep})
+    assert Counter(real.tolist()) == expected  # every token once, each document closed by the whole separator
+    assert len(real) == sum(map(len, docs)) + len(sep) * len(docs)
+    assert packed.num_pad == (packed.target == 0).sum() < seq_length + 1
+    assert np.array_equal(packed.tokens[:-1, -1], packed.tokens[1:, 0])
+    # the stream is d SEP d SEP ... in the seeded order, a separator cut at a window edge continues in the next
+    stream = np.concatenate([np.r_[docs[i], sep] for i in packed.order])
+    assert np.array_equal(real, stream)
+
+
+def test_a_multi_token_separator_stays_in_its_documents_segment():
+    sep = [7001, 7002]
+    docs = [[1, 2, 3], [4], [5, 6]]
+    packed = pack_documents(docs, 4, sep)  # stream: 1 2 3 S S 4 S S 5 6 S S; windows of 5 share one token
+    assert packed.tokens.tolist() == [[1, 2, 3, 7001, 7002], [7002, 4, 7001, 7002, 5], [5, 6, 7001, 7002, 7001]]
+    assert packed.doc_ids.tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 2], [0, 0, 0, 0, 1]]
+    assert packed.target[-1].tolist() == [1, 1, 1, 1, 0] and packed.num_pad == 1
+    assert DocumentStream([3, 1], sep_length=2).segments(3, 6) == [(0, 3, 5), (1, 0, 1)]

@@ -70,3 +70,71 @@ def test_bad_tokenizer_paths_raise_one_line_errors(case, tmp_path, llama3_json):
     with pytest.raises(DataError, match=pattern) as e:
         load_tokenizer(path)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------- data.separator (issue 13)
+def test_the_default_separator_is_the_text_lt_s_gt_as_llama3_encodes_it(llama3_json):
+    from megatron_ultralong.config import DataConfig
+    from megatron_ultralong.data.tokenizer import DEFAULT_SEPARATOR, resolve_separator
+
+    assert DataConfig().separator == DEFAULT_SEPARATOR == "<s>"
+    sep = resolve_separator(load_tokenizer(llama3_json), "<s>", None)
+    assert sep.ids == (45147, 29) and sep.pieces == ("<s", ">")  # text, not <|begin_of_text|> (128000)
+    assert "45147" in sep.describe() and "'<s'" in sep.describe()
+
+
+def test_lt_s_gt_is_text_even_where_the_tokenizer_names_bos_so(spm_model, tmp_path):
+    import io
+
+    import sentencepiece
+
+    from megatron_ultralong.data.synthetic import synthetic_documents
+    from megatron_ultralong.data.tokenizer import resolve_separator
+
+    # the demo's tokenizer: "<s>" in byte pieces, without sentencepiece's dummy-prefix space
+    demo = load_tokenizer(spm_model)
+    sep = resolve_separator(demo, "<s>", None)
+    assert sep.pieces == ("<0x3C>", "s", "<0x3E>") and demo.decode(list(sep.ids)) == "<s>"
+    # a sentencepiece model with its default BOS piece "<s>": the text never becomes BOS
+    buf = io.BytesIO()
+    texts = [t for t in synthetic_documents("web", 40, seed=1)]
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=400,
+                                             model_type="bpe", byte_fallback=True, minloglevel=2, num_threads=1)
+    (tmp_path / "bos.model").write_bytes(buf.getvalue())
+    spm_bos = load_tokenizer(tmp_path / "bos.model")
+    assert spm_bos.token_to_id("<s>") == spm_bos.bos_id == 1
+    ids = resolve_separator(spm_bos, "<s>", None).ids
+    assert spm_bos.bos_id not in ids and spm_bos.decode(list(ids)) == "<s>"
+    # an HF tokenizer.json whose special BOS is "<s>" (Llama-2 / Mistral style): text pieces, not id 1
+    from tokenizers import AddedToken, Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    t = Tokenizer(WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "<": 3, "s": 4, ">": 5}, unk_token="<unk>"))
+    t.pre_tokenizer = Whitespace()
+    t.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    (tmp_path / "hf").mkdir()
+    t.save(str(tmp_path / "hf" / "tokenizer.json"))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
+    hf = load_tokenizer(tmp_path / "hf")
+    assert hf.bos_id == 1 and resolve_separator(hf, "<s>", None).ids == (3, 4, 5)
+
+
+def test_separator_id_replaces_the_text_and_null_takes_the_dedicated_token(spm_model):
+    from megatron_ultralong.config import ConfigError, load_recipe, validate
+    from megatron_ultralong.data.tokenizer import resolve_separator
+
+    tok = load_tokenizer(spm_model, 5)
+    assert resolve_separator(tok, "<s>", 5).ids == (5,) and resolve_separator(tok, "<s>", 5).origin == \
+        "data.separator_id"
+    assert resolve_separator(load_tokenizer(spm_model), None, None).ids == (tok.token_to_id("<|sep|>"),)
+    assert resolve_separator(None, "<s>", 7).ids == (7,)  # no tokenizer: the id alone
+    with pytest.raises(ConfigError, match="set data.tokenizer, or give one token id as data.separator_id"):
+        resolve_separator(None, "<s>", None)
+    with pytest.raises(DataError, match="EOS token"):
+        resolve_separator(tok, "<s>", 2)
+    with pytest.raises(ConfigError, match="both choose the separator; set one of them"):
+        validate(load_recipe("toy_cpt", ["data.separator=<sep>", "data.separator_id=5"]))
+    with pytest.raises(ConfigError, match="must be a non-empty text"):
+        validate(load_recipe("toy_cpt", ["data.separator=''"]))
+    validate(load_recipe("toy_cpt", ["data.separator_id=5"]))  # the default text with an id: the id wins
