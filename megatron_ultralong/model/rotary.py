@@ -7,6 +7,7 @@ Where the attention temperature goes (``rope_softmax_scale``), zigzag positions 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Tuple
 
@@ -32,6 +33,19 @@ def rope_softmax_scale(model: ModelConfig, yarn: YarnConfig) -> Optional[float]:
     return t * t / math.sqrt(head_dim(model))
 
 
+@contextlib.contextmanager
+def positions_from(model, start: int):
+    """Within the block, the GPTModel ``model`` numbers its input positions from ``start`` (not 0)."""
+    rotary = model.rotary_pos_emb
+    if not isinstance(rotary, UltralongRotaryEmbedding):
+        raise TypeError(f"positions_from needs our rotary module, the model has {type(rotary).__name__}")
+    before, rotary.position_offset = rotary.position_offset, start
+    try:
+        yield model
+    finally:
+        rotary.position_offset = before
+
+
 class UltralongRotaryEmbedding(RotaryEmbedding):
     """Megatron ``RotaryEmbedding`` with our frequencies, zigzag CP slicing and an angle cache.
 
@@ -47,6 +61,9 @@ class UltralongRotaryEmbedding(RotaryEmbedding):
         inv_freq, self.attention_factor = inv_freq_and_attention_factor(model_cfg, yarn_cfg)
         self.inv_freq = inv_freq  # plain attribute as in Megatron (not a buffer: never checkpointed)
         self.max_sequence_length = yarn_cfg.target_length if yarn_cfg.enabled else model_cfg.max_position_embeddings
+        self.position_offset = 0
+        """Position of the first token of the sequences the model is given: 0 in training; ``positions_from``
+        sets it for a window far into the context (GPTModel passes the rotary module no position ids)."""
         self._cache_key: Optional[Tuple] = None
         self._cache: Optional[torch.Tensor] = None
 
@@ -75,6 +92,7 @@ class UltralongRotaryEmbedding(RotaryEmbedding):
     def forward(self, max_seq_len: int, offset: int = 0, packed_seq: bool = False, cp_group=None) -> torch.Tensor:
         """Angles for this rank: [max_seq_len / cp, 1, 1, head_dim] (full length for THD packed sequences,
         where TE splits by cu_seqlens itself)."""
+        offset += self.position_offset
         if self.max_sequence_length and max_seq_len + offset > self.max_sequence_length:
             raise ValueError(f"sequence of {max_seq_len + offset} tokens exceeds the rotary module's maximum "
                              f"{self.max_sequence_length} (yarn.target_length / model.max_position_embeddings); "
