@@ -10,8 +10,8 @@ import os
 import shutil
 from typing import Iterable, List, Optional
 
-from ..checkpoint import CheckpointError, read_meta
 from ..config import Config
+from .megatron_io import checkpoint_lineage
 
 ASSETS_DIR = "hf_assets"
 """Folder next to the iter_* folders of a converted checkpoint holding the source config.json and tokenizer files."""
@@ -37,19 +37,10 @@ def copy_assets(src: str, dst: str, skip: Iterable[str] = ()) -> List[str]:
 def find_hf_assets(ckpt: str) -> Optional[str]:
     """The hf_assets folder of a checkpoint: next to its iter_* folders, else next to the checkpoint its config's
     ``checkpoint.init_from`` names, and so on back to the converted base model. None when the chain has none."""
-    seen = set()
-    path = ckpt
-    while path and path not in seen:
-        seen.add(path)
-        try:
-            meta = read_meta(path)
-        except CheckpointError:
-            return None
-        ckpt_dir = os.path.dirname(os.path.abspath(meta["path"]))
-        candidate = os.path.join(ckpt_dir, ASSETS_DIR)
+    for meta in checkpoint_lineage(ckpt):
+        candidate = os.path.join(os.path.dirname(os.path.abspath(meta["path"])), ASSETS_DIR)
         if os.path.isdir(candidate):
             return candidate
-        path = (meta.get("config") or {}).get("checkpoint", {}).get("init_from")
     return None
 
 

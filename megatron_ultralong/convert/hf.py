@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -24,7 +26,7 @@ from . import ConvertError, VerificationError, log
 from .assets import ASSETS_DIR, copy_assets, find_hf_assets, tokenizer_fallback
 from .hf_config import hf_config_from_model, hf_dtype, model_config_from_hf
 from .mapping import ArchTable, Dims, checkpoint_key, table_for_arch, table_for_hf_model_type
-from .megatron_io import checkpoint_names, conversion_model, load_unit, read_checkpoint_config
+from .megatron_io import checkpoint_names, conversion_model, load_unit, read_checkpoint_config, recorded_hf_vocab_size
 from .process_group import single_process
 from .safetensors_io import DEFAULT_MAX_SHARD_SIZE, SafetensorsReader, ShardedSafetensorsWriter, parse_size
 from .verify import check_verify_seq_len, default_verify_seq_len, verify_hf_against_megatron
@@ -37,6 +39,15 @@ def _progress(items: Sequence, desc: str, enabled: bool):
 
 
 # -------------------------------------------------------------------------------- output directories
+def stale_temp_dirs(final: str) -> List[str]:
+    """Hidden '.<name>.XXXXXXXX.tmp' folders next to ``final``: what atomic_dir leaves when a conversion to it is
+    killed (SIGKILL, out of memory). Only one conversion to an output runs at a time, so none of them is live."""
+    parent, name = os.path.split(final)
+    pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    return sorted(os.path.join(parent, n) for n in os.listdir(parent) if pattern.fullmatch(n)
+                  and os.path.isdir(os.path.join(parent, n))) if os.path.isdir(parent) else []
+
+
 @contextlib.contextmanager
 def _staged(out: str):
     """Yield (final path, hidden temp dir next to it); tmp is published as final when the block succeeds, deleted
@@ -44,6 +55,9 @@ def _staged(out: str):
     final = os.path.abspath(os.fspath(out))
     if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
         raise ConvertError(f"output {out} already exists and is not empty; remove it or choose another directory")
+    for stale in stale_temp_dirs(final):
+        log(f"removing {stale}: the temporary folder of an earlier conversion to {out} that did not finish")
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
         yield final, tmp
 
@@ -185,6 +199,22 @@ def convert_hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtyp
 
 
 # ------------------------------------------------------------------------------------------ Megatron → HF
+def _hf_vocab_size(ckpt: str, rows: int, template: Optional[Dict[str, Any]], assets: Optional[str]):
+    """(vocabulary size to export, where it comes from): the hf_vocab_size recorded at import (along the
+    init_from chain), else the source config.json's, else the checkpoint's ``rows``."""
+    recorded = recorded_hf_vocab_size(ckpt)
+    source = int(template["vocab_size"]) if template and template.get("vocab_size") else None
+    if recorded and source and recorded != source:
+        raise ConvertError(f"the source config.json in {assets} has vocab_size={source} but the checkpoint was "
+                           f"imported from a model with {recorded}; pass the matching source with --hf-assets")
+    vocab, where = ((recorded, "the hf_vocab_size recorded at import") if recorded else
+                    (source, "the source config.json's vocab_size") if source else (rows, "the checkpoint's rows"))
+    if vocab > rows:
+        raise ConvertError(f"{where} is {vocab} but the checkpoint has only {rows} embedding rows; pass the "
+                           f"matching source with --hf-assets")
+    return vocab, where
+
+
 def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_assets: Optional[str] = None,
                            max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, verify: bool = False,
                            verify_seq_len: Optional[int] = None, verify_tol: float = 1e-3,
@@ -218,13 +248,9 @@ def convert_megatron_to_hf(ckpt: str, out: str, dtype: Optional[str] = None, hf_
         with open(os.path.join(assets, "config.json")) as f:
             template = json.load(f)
         table_for_hf_model_type(template.get("model_type"))  # an unknown source config is an error, not a guess
-    hf_vocab = int(template.get("vocab_size") or model_cfg.vocab_size) if template else model_cfg.vocab_size
-    if hf_vocab > model_cfg.vocab_size:
-        raise ConvertError(f"the source config.json in {assets} has vocab_size={hf_vocab} but the checkpoint has only "
-                           f"{model_cfg.vocab_size} rows; pass the matching source with --hf-assets")
+    hf_vocab, vocab_source = _hf_vocab_size(ckpt, model_cfg.vocab_size, template, assets)
     if hf_vocab < model_cfg.vocab_size:
-        log(f"vocabulary trimmed {model_cfg.vocab_size} -> {hf_vocab} rows (the source config.json's vocab_size; "
-             f"the rest is TP padding)")
+        log(f"vocabulary trimmed {model_cfg.vocab_size} -> {hf_vocab} rows ({vocab_source}; the rest is TP padding)")
     dims = Dims.of(model_cfg, hf_vocab)
     max_bytes = parse_size(max_shard_size)
     with _staged(out) as (final, tmp), single_process():

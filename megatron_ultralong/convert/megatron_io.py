@@ -1,6 +1,8 @@
 """The Megatron side of a conversion: the checkpoint's config, the model's checkpoint keys, one layer's tensors.
 
     meta, cfg = read_checkpoint_config("runs/cpt_1m/checkpoints")
+    for meta in checkpoint_lineage(ckpt): ...        # the checkpoint, then its init_from, ... back to the import
+    hf_vocab = recorded_hf_vocab_size(ckpt)          # vocabulary rows of the HF model it was imported from
     names = checkpoint_names(conversion_model(cfg))   # table name -> the model's state-dict key
     tensors = load_unit(meta["path"], [table names of one layer], dist_checkpointing.load_tensors_metadata(...))
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,6 +27,31 @@ def read_checkpoint_config(ckpt: str) -> Tuple[Dict[str, Any], Config]:
     except CheckpointError as e:
         raise ConvertError(str(e)) from None
     return meta, config_from_dict(meta["config"])
+
+
+def checkpoint_lineage(ckpt: str) -> Iterator[Dict[str, Any]]:
+    """meta.json of ``ckpt``, then of the checkpoint its config's ``checkpoint.init_from`` names, and so on back
+    to the converted base model; stops where the chain ends or a link is not a readable checkpoint."""
+    seen = set()
+    path: Optional[str] = ckpt
+    while path and path not in seen:
+        seen.add(path)
+        try:
+            meta = read_meta(path)
+        except CheckpointError:
+            return
+        yield meta
+        path = (meta.get("config") or {}).get("checkpoint", {}).get("init_from")
+
+
+def recorded_hf_vocab_size(ckpt: str) -> Optional[int]:
+    """The vocabulary size of the HF model the checkpoint (or the first of its lineage) was imported from, as
+    convert_hf_to_megatron recorded it before padding the rows to a multiple of TP; None when none is recorded."""
+    for meta in checkpoint_lineage(ckpt):
+        recorded = ((meta.get("extra") or {}).get("converted_from") or {}).get("hf_vocab_size")
+        if recorded:
+            return int(recorded)
+    return None
 
 
 def conversion_model(cfg: Config):

@@ -237,3 +237,44 @@ def test_export_without_source_assets_builds_a_loadable_config_from_the_table(co
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.num_key_value_heads == 2 and model.config.head_dim == 16
     assert_bit_identical(d / "hf", tmp_path / "out")
+
+
+def _as_trained_stage(converted_ckpt, stage_dir):
+    """A copy of a converted checkpoint's iter folder posing as a trained stage: its meta.json records no import,
+    its config's init_from names the converted checkpoint (as a CPT stage's does)."""
+    import shutil
+
+    src = read_meta(converted_ckpt)["path"]
+    shutil.copytree(src, stage_dir / "iter_0000003")
+    (stage_dir / "latest").write_text("iter_0000003\n")
+    meta = read_json(stage_dir / "iter_0000003" / "meta.json")
+    meta["extra"], meta["step"] = {"consumed_samples": 6}, 3
+    meta["config"]["checkpoint"]["init_from"] = str(converted_ckpt)
+    (stage_dir / "iter_0000003" / "meta.json").write_text(json.dumps(meta))
+    return stage_dir
+
+
+def test_padded_vocabulary_is_trimmed_from_the_recorded_hf_vocab_size_without_any_hf_assets(converted, tmp_path):
+    import shutil
+
+    d = converted["root"] / "padded"
+    shutil.copytree(d / "ckpt", tmp_path / "ckpt", ignore=shutil.ignore_patterns("hf_assets"))
+    r = to_hf(tmp_path / "ckpt", tmp_path / "out")
+    assert r["assets_from"] is None
+    assert read_json(tmp_path / "out" / "config.json")["vocab_size"] == 511
+    assert_bit_identical(d / "hf", tmp_path / "out")
+    # a stage trained from it records no import itself: the size is found along its init_from chain
+    stage = _as_trained_stage(tmp_path / "ckpt", tmp_path / "stage")
+    to_hf(stage, tmp_path / "out_stage")
+    assert read_json(tmp_path / "out_stage" / "config.json")["vocab_size"] == 511
+    assert read_hf_tensors(tmp_path / "out_stage")["model.embed_tokens.weight"].shape == (511, 64)
+
+
+def test_export_removes_the_temp_folder_a_killed_export_left(converted, tmp_path):
+    stale = tmp_path / ".out.k1ll3d00.tmp"  # what atomic_dir leaves behind when the export is SIGKILLed
+    (stale / "model-00001-of-00002.safetensors").parent.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    other = tmp_path / ".outer.k1ll3d00.tmp"  # another output's: not ours to remove
+    other.mkdir()
+    to_hf(converted["root"] / "llama-fp32" / "ckpt", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".outer.k1ll3d00.tmp", "out"]
