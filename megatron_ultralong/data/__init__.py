@@ -1,13 +1,14 @@
 """Data pipeline: raw text → Megatron indexed datasets → CPT mixture → packed windows → trainer batches.
 
-    tokenizer.py   load_tokenizer(path): sentencepiece .model / HF tokenizer.json, with a dedicated separator id
+    tokenizer.py   load_tokenizer(path): sentencepiece .model / HF tokenizer.json; resolve_separator ('<s>' or an id)
     preprocess.py  jsonl / parquet → per-source .bin/.idx (Megatron-Core indexed dataset), multi-process, resumable
     indexed.py     reading them: summary.json, source prefixes, checked .bin/.idx pairs, document lengths
     mixture.py     per-source length-based sampling (down-sample short, up-sample long docs), budget, report
-    packing.py     pack_documents(): documents + separators → windows of exactly seq_length + 1 tokens
+    packing.py     pack_documents(): documents + (multi-token) separators → windows of exactly seq_length + 1 tokens
     sft.py         chat template, assistant-only loss mask, SFT packing, the SFT dataset
     decontam.py    n-gram decontamination of chat samples against eval sets
     loader.py      build_train_iterator(): deterministic (seed, sample index) batches per data-parallel rank
+    checks.py      check_data(cfg): paths, tokenizer, separator, SFT schema, dataset vs tokenizer, before the model
     synthetic.py   offline multi-source corpus, chat samples and the learnable copy task
 
 Errors are ``DataError`` (one line: what, where, how to fix). No torch import here: CLIs check input first.
