@@ -31,9 +31,9 @@ ITER_PREFIX = "iter_"
 # DistributedOptimizer state in a model-space layout that loads into any TP/PP/DP layout.
 _DIST_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                         "distrib_optim_fully_reshardable_mem_efficient": True}
-# Fields of the model config that decide parameter shapes / names: they must agree between checkpoint and model.
-_ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                 "kv_channels", "vocab_size", "qkv_bias", "tie_word_embeddings")
+"""Model fields that decide parameter shapes / names: checkpoint and model must agree (kv_channels as head dim)."""
 
 
 class CheckpointError(ValueError):
@@ -122,20 +122,35 @@ def _arch_of_model(model_chunks) -> Dict[str, Any]:
             "tie_word_embeddings": bool(m.share_embeddings_and_output_weights)}
 
 
-def _arch_of_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
-    from .config import config_from_dict, head_dim
+def _arch_of_config(model) -> Dict[str, Any]:
+    from .config import head_dim
 
-    model = config_from_dict({"model": meta["config"]["model"]}).model
-    return {f: (head_dim(model) if f == "kv_channels" else getattr(model, f)) for f in _ARCH_FIELDS}
+    return {f: (head_dim(model) if f == "kv_channels" else getattr(model, f)) for f in ARCH_FIELDS}
+
+
+def _arch_of_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    from .config import config_from_dict
+
+    return _arch_of_config(config_from_dict({"model": meta["config"]["model"]}).model)
+
+
+def _check_arch(meta: Dict[str, Any], now: Dict[str, Any], fix: str) -> None:
+    saved = _arch_of_meta(meta)
+    diff = [f"{k} {saved[k]} vs {now[k]}" for k in ARCH_FIELDS if saved[k] != now[k]]
+    if diff:
+        raise CheckpointError(f"{meta['path']}: checkpoint of another architecture (checkpoint vs model: "
+                              f"{', '.join(diff)}); {fix}")
 
 
 def check_same_architecture(meta: Dict[str, Any], model_chunks) -> None:
     """Raise CheckpointError naming every shape field where the checkpoint and the model differ."""
-    saved, now = _arch_of_meta(meta), _arch_of_model(model_chunks)
-    diff = [f"{k} {saved[k]} vs {now[k]}" for k in _ARCH_FIELDS if saved[k] != now[k]]
-    if diff:
-        raise CheckpointError(f"{meta['path']}: checkpoint of another architecture (checkpoint vs model: "
-                              f"{', '.join(diff)}); use a checkpoint of this model or fix the model.* settings")
+    _check_arch(meta, _arch_of_model(model_chunks), "use a checkpoint of this model or fix the model.* settings")
+
+
+def check_config_architecture(meta: Dict[str, Any], model) -> None:
+    """The same check for a ModelConfig, before any model is built (needs meta.json only)."""
+    _check_arch(meta, _arch_of_config(model), "use a checkpoint of this model, fix the model.* settings, or set "
+                                              "model.from_checkpoint=true to take them from the checkpoint")
 
 
 def _layout() -> Dict[str, int]:

@@ -7,7 +7,7 @@
 check per section). Every name is importable from here; see docs/config.md.
 """
 from .loading import (PATH_KEYS, RECIPES_DIR, RETIRED_SECTIONS, absolute_paths, config_from_dict, dump_recipe,
-                      list_recipes, load_recipe, parse_overrides, to_dict)
+                      list_recipes, load_recipe, parse_overrides, stated_keys, to_dict)
 from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
                      LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, CheckpointConfig, Config,
                      ConfigError, DataConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig, YarnConfig,
@@ -25,7 +25,7 @@ __all__ = [
     "SCHEDULES", "RECOMPUTE", "SYNTHETIC",
     # loading
     "RECIPES_DIR", "RETIRED_SECTIONS", "PATH_KEYS", "load_recipe", "config_from_dict", "parse_overrides",
-    "list_recipes", "absolute_paths", "to_dict", "dump_recipe",
+    "list_recipes", "absolute_paths", "to_dict", "dump_recipe", "stated_keys",
     # validation
     "validate", "validate_yarn", "check_cp_seq_length", "check_a2a_heads", "check_rope_head_dim",
     "check_mixture_params",

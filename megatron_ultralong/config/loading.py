@@ -10,7 +10,7 @@ import difflib
 import os
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
 import yaml
 
@@ -168,6 +168,22 @@ def load_recipe(path: Optional[str | os.PathLike], overrides: Optional[List[str]
             raise ConfigError(f"recipe section '{section}' was removed (nothing read it); delete it from the recipe "
                               f"and overrides (the eval tools take --lengths / --depths / --out)")
     return config_from_dict(data)
+
+
+def stated_keys(path: Optional[str | os.PathLike], overrides: Optional[List[str]] = None) -> FrozenSet[str]:
+    """Dotted keys ('model.rope_theta') a recipe (with its ``base`` chain) or an override sets explicitly; a key
+    left to its schema default is not among them. train/stage.py tells inherited values from stated ones by it."""
+    data = _read_yaml_tree(_resolve_recipe_path(str(path), None)) if path else {}
+    data = _deep_merge(data, parse_overrides(list(overrides or [])))
+
+    def leaves(node: Dict[str, Any], prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return frozenset(leaves(data, ""))
 
 
 PATH_KEYS = ("train.run_dir", "checkpoint.dir", "checkpoint.init_from", "data.tokenizer", "data.paths",

@@ -66,6 +66,9 @@ class ModelConfig:
     """FP8 recipe on Hopper GPUs with Transformer Engine: None (off), 'hybrid' or 'e4m3'."""
     attention_backend: str = "auto"
     """Core attention: 'auto' (TE on GPU if installed, else SDPA; local on CPU), 'te', 'sdpa' or 'local'."""
+    from_checkpoint: bool = False
+    """Take every model field the recipe and overrides do not state from checkpoint.init_from's saved config
+    (fp8 and attention_backend stay this run's); the stated ones must agree with it (train/stage.py)."""
 
 
 @dataclass
@@ -217,6 +220,12 @@ class CheckpointConfig:
     """Initial weights (a converted HF checkpoint or an earlier stage); ignored when resuming from dir."""
     keep_last: int = 2
     """Completed checkpoints kept; older ones are deleted after a successful save."""
+    allow_rope_change: bool = False
+    """Train with RoPE settings other than the checkpoint it starts from (θ, rope scaling; in SFT also
+    model.max_position_embeddings and yarn.*, which SFT otherwise takes from the checkpoint); refused by default."""
+    allow_model_change: bool = False
+    """Train with non-shape model fields (model.arch, model.norm_eps) other than the checkpoint's; refused by
+    default."""
 
 
 @dataclass

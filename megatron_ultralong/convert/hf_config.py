@@ -11,8 +11,8 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import ModelConfig, YarnConfig, head_dim
 from .. import rope
+from ..config import ModelConfig, YarnConfig, head_dim
 from . import ConvertError
 from .mapping import ArchTable, table_for_arch, table_for_hf_model_type
 

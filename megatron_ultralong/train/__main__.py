@@ -19,9 +19,10 @@ import warnings
 from ..atomic import atomic_path
 from ..checkpoint import CheckpointError
 from ..cli import OneLineParser, bad_input
-from ..config import ConfigError, absolute_paths, describe, load_recipe, validate
+from ..config import ConfigError, describe, validate
 from . import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
 from .preflight import preflight
+from .stage import load_training_config
 
 
 def _route_library_chatter_to_stdout() -> None:
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
         parser.error("--config is required")
     try:
         # paths absolute from here on: config.yaml and the checkpoints name the same files from any directory
-        cfg = validate(absolute_paths(load_recipe(args.config, args.overrides)))  # world size: init_distributed
+        # + what the stage inherits from its checkpoint (train/stage.py; meta.json only, before any process group)
+        cfg = validate(load_training_config(args.config, args.overrides))  # world size: init_distributed
         preflight(cfg)
     except (ConfigError, CheckpointError) as e:
         return bad_input(e)

@@ -7,28 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from ..checkpoint import CheckpointError, find_latest, read_meta
+from ..checkpoint import CheckpointError
 from ..cli import bad_input
-from ..config import ConfigError, checkpoint_dir, load_recipe, validate
+from ..config import ConfigError, checkpoint_dir, load_recipe, stated_keys, validate
 from . import prepare_run_dir
-
-
-def check_init_from(cfg) -> None:
-    """CheckpointError when ``checkpoint.init_from`` is set, the run has no checkpoint of its own to resume from
-    (a resumed run ignores init_from), and it is not a readable checkpoint."""
-    init_from = cfg.checkpoint.init_from
-    if not init_from or find_latest(checkpoint_dir(cfg)) is not None:
-        return
-    hint = "finish the stage that writes it first, or pass checkpoint.init_from=<checkpoint dir>"
-    if not os.path.isdir(init_from):
-        raise CheckpointError(f"checkpoint.init_from={init_from}: no such directory (seen from {os.getcwd()}); "
-                              f"{hint}")
-    try:
-        read_meta(init_from)
-    except CheckpointError as e:
-        raise CheckpointError(f"checkpoint.init_from: {e}; {hint}") from None
+from .stage import check_init_from, inherit_from_checkpoint
 
 
 def preflight(cfg) -> None:
@@ -48,7 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--world-size", type=int, default=None, help="processes the job will start (checks TP·PP·CP)")
     args, _unknown = parser.parse_known_args(argv)  # trainer flags we do not know are the trainer's business
     try:
-        cfg = validate(load_recipe(args.config, args.overrides), world_size=args.world_size)
+        cfg = inherit_from_checkpoint(load_recipe(args.config, args.overrides),
+                                      stated_keys(args.config, args.overrides))
+        cfg = validate(cfg, world_size=args.world_size)
         check_init_from(cfg)
     except (ConfigError, CheckpointError) as e:
         return bad_input(e)

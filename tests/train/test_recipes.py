@@ -8,7 +8,8 @@ from megatron_ultralong.config import data_parallel_size, load_recipe, to_dict, 
 
 RESOLVED = json.loads((Path(__file__).parent / "recipes_resolved.json").read_text())
 """Every packaged recipe's resolved values, captured before the CPT stages moved their shared settings into
-cpt_base.yaml (without the retired ``eval`` section, which no recipe set)."""
+cpt_base.yaml (without the retired ``eval`` section, which no recipe set); sft and toy_sft re-captured when they
+stopped basing on a CPT stage's model and yarn sections (SFT takes both from its checkpoint: train/stage.py)."""
 
 STAGES = {"cpt_1m": (1048576, 128), "cpt_2m": (2097152, 256), "cpt_4m": (4194304, 512)}
 
@@ -35,17 +36,36 @@ def test_stages_chain_by_init_from():
         assert load_recipe(nxt).checkpoint.init_from == f"{load_recipe(prev).train.run_dir}/checkpoints"
 
 
-def test_sft_is_short_context_assistant_only_on_the_4m_model():
-    cfg = validate(load_recipe("sft", ["data.paths=[/data/sft.jsonl]"]), world_size=64)
+def test_sft_is_short_context_assistant_only_on_the_4m_model(tmp_path):
+    from megatron_ultralong.train.stage import load_training_config
+    from tests.train.test_stage import fake_checkpoint
+
+    cpt_4m = fake_checkpoint(tmp_path / "cpt_4m", "cpt_4m")  # the stage sft.yaml starts from by default
+    cfg = validate(load_training_config("sft", ["data.paths=[/data/sft.jsonl]", f"checkpoint.init_from={cpt_4m}",
+                                                f"train.run_dir={tmp_path}/sft"]), world_size=64)
     assert cfg.train.mode == "sft" and cfg.data.seq_length == 8192 and cfg.parallel.cp == 1
-    assert cfg.yarn.target_length == 4194304  # the model keeps the 4M stage's rotary
+    assert cfg.yarn.target_length == 4194304  # the model keeps the 4M stage's rotary, read from its checkpoint
     assert cfg.train.max_steps == 150
+    from megatron_ultralong.config import stated_keys
+
+    assert not [k for k in stated_keys("sft") if k.startswith("yarn.") or k == "model.max_position_embeddings"]
 
 
 @pytest.mark.parametrize("name", ["toy_cpt", "toy_sft"])
 def test_toy_recipes_validate_on_one_cpu_process(name):
     cfg = validate(load_recipe(name), world_size=1)
-    assert cfg.model.params_dtype == "fp32" and cfg.data.synthetic == "copy" and cfg.yarn.enabled
+    assert cfg.model.params_dtype == "fp32" and cfg.data.synthetic == "copy"
+    assert cfg.yarn.enabled == (name == "toy_cpt")  # toy_sft takes its rope from the toy_cpt checkpoint
+
+
+def test_toy_sft_takes_the_toy_cpt_stages_yarn(tmp_path):
+    from megatron_ultralong.train.stage import load_training_config
+    from tests.train.test_stage import fake_checkpoint
+
+    toy_cpt = fake_checkpoint(tmp_path / "toy_cpt", "toy_cpt", "yarn.target_length=512")
+    cfg = validate(load_training_config("toy_sft", [f"checkpoint.init_from={toy_cpt}",
+                                                    f"train.run_dir={tmp_path}/sft"]), world_size=1)
+    assert cfg.yarn.enabled and cfg.yarn.target_length == 512 and cfg.yarn.original_max_position_embeddings == 64
 
 
 @pytest.mark.parametrize("name", sorted(RESOLVED))
