@@ -118,3 +118,35 @@ def test_a_resumed_run_is_compared_with_its_own_checkpoint(tmp_path):
     (tmp_path / "run" / "checkpoints" / "iter_0000050" / "meta.json").write_text(json.dumps(meta))
     cfg = load_training_config("sft", [f"checkpoint.init_from={tmp_path}/gone", f"train.run_dir={tmp_path}/run"])
     assert cfg.yarn.target_length == 4194304 and own
+
+
+# ---------------------------------------------------------------------------------- toy stages on CPU
+@pytest.mark.slow
+def test_toy_cpt_then_toy_sft_trains_and_saves_the_cpt_stages_rope(tmp_path):
+    """toy_cpt (YaRN 64 -> 512) -> toy_sft through `python -m megatron_ultralong.train`: the SFT checkpoint keeps
+    512 positions and factor 8, its export config says so; an override stating other rope values exits 2."""
+    from megatron_ultralong.checkpoint import read_meta
+    from megatron_ultralong.config import config_from_dict
+    from megatron_ultralong.train import EXIT_BAD_INPUT, EXIT_OK
+    from tests.train.helpers import launch
+
+    def run(run_dir, recipe, *overrides):
+        p = launch(run_dir, "train.max_steps=2", *overrides, recipe=recipe)
+        out, err = p.communicate(timeout=300)
+        return p.returncode, out, err
+
+    code, _, err = run(tmp_path / "cpt", "toy_cpt", "yarn.target_length=512")
+    assert code == EXIT_OK, err
+    cpt = f"checkpoint.init_from={tmp_path}/cpt/checkpoints"
+    code, _, err = run(tmp_path / "sft", "toy_sft", cpt)
+    assert code == EXIT_OK, err
+    saved = config_from_dict(read_meta(tmp_path / "sft" / "checkpoints")["config"])
+    assert saved.train.mode == "sft" and saved.yarn.enabled and saved.yarn.target_length == 512
+    exported = hf_config_from_model(saved.model, saved.yarn, "fp32")
+    assert exported["rope_scaling"]["factor"] == 8.0 and exported["max_position_embeddings"] == 512
+
+    code, _, err = run(tmp_path / "sft_refused", "toy_sft", cpt, "yarn.target_length=256")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == EXIT_BAD_INPUT and len(lines) == 1, err
+    assert "yarn.target_length=256 (checkpoint: 512)" in lines[0] and "allow_rope_change" in lines[0]
+    assert not (tmp_path / "sft_refused" / "checkpoints" / "latest").exists()
