@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args, _unknown = parser.parse_known_args(argv)  # trainer flags we do not know are the trainer's business
     try:
         cfg = inherit_from_checkpoint(load_recipe(args.config, args.overrides),
-                                      stated_keys(args.config, args.overrides))
+                                      stated_keys(args.config, args.overrides), stated_keys(None, args.overrides))
         cfg = validate(cfg, world_size=args.world_size)
         check_init_from(cfg)
     except (ConfigError, CheckpointError) as e:

@@ -40,7 +40,7 @@ def load_training_config(recipe: str, overrides: Optional[List[str]] = None) -> 
     """The trainer's config: the recipe with its overrides, paths made absolute, and what the stage inherits from
     the checkpoint it starts from (inherit_from_checkpoint). Not yet validated."""
     cfg = absolute_paths(load_recipe(recipe, overrides))
-    return inherit_from_checkpoint(cfg, stated_keys(recipe, overrides))
+    return inherit_from_checkpoint(cfg, stated_keys(recipe, overrides), stated_keys(None, overrides))
 
 
 def check_init_from(cfg) -> None:
@@ -71,12 +71,16 @@ def source_checkpoint(cfg: Config) -> Optional[Tuple[str, Dict[str, Any]]]:
     return cfg.checkpoint.init_from, read_meta(cfg.checkpoint.init_from)
 
 
-def inherit_from_checkpoint(cfg: Config, stated: FrozenSet[str]) -> Config:
+def inherit_from_checkpoint(cfg: Config, stated: FrozenSet[str], overridden: Optional[FrozenSet[str]] = None
+                            ) -> Config:
     """``cfg`` with what the stage takes from its checkpoint filled in, or ConfigError (one line) naming every
     stated value that differs from the checkpoint without the matching ``checkpoint.allow_*`` key.
 
-    ``stated``: the dotted keys the recipe or overrides set (config.stated_keys). Filled when not stated: every
-    model field with model.from_checkpoint; model.max_position_embeddings and yarn.* in train.mode=sft."""
+    ``stated``: the dotted keys the recipe (with its bases) or the overrides set; ``overridden``: those the
+    overrides set (config.stated_keys(None, overrides); default: ``stated``). Taken from the checkpoint: with
+    model.from_checkpoint every model field no override states (a model card the recipe bases on included);
+    in train.mode=sft model.max_position_embeddings and every yarn.* field neither states."""
+    overridden = stated if overridden is None else overridden
     source = source_checkpoint(cfg)
     if source is None:
         if cfg.model.from_checkpoint:
@@ -88,7 +92,7 @@ def inherit_from_checkpoint(cfg: Config, stated: FrozenSet[str]) -> Config:
     model, yarn = cfg.model, cfg.yarn
     if model.from_checkpoint:
         model = dataclasses.replace(model, **{f.name: getattr(saved.model, f.name) for f in dataclasses.fields(model)
-                                              if f.name not in RUN_FIELDS and f"model.{f.name}" not in stated})
+                                              if f.name not in RUN_FIELDS and f"model.{f.name}" not in overridden})
     if cfg.train.mode == "sft":
         if "model.max_position_embeddings" not in stated:
             model = dataclasses.replace(model, max_position_embeddings=saved.model.max_position_embeddings)

@@ -102,6 +102,18 @@ def test_model_from_checkpoint_takes_the_unstated_model_fields(tmp_path):
     assert cfg.model.attention_backend == "sdpa" and cfg.model.from_checkpoint  # this run's choices stay
 
 
+def test_model_from_checkpoint_replaces_the_model_card_a_recipe_bases_on(tmp_path):
+    """docs/convert.md, "Your own model": cpt_1m (on the Llama-3.1-8B card) from a converted Qwen2-7B."""
+    base = fake_checkpoint(tmp_path / "qwen", "qwen2-7b", step=0)
+    args = [f"checkpoint.init_from={base}", f"train.run_dir={tmp_path}/run", "model.from_checkpoint=true"]
+    cfg = validate(load_training_config("cpt_1m", [*args, "data.paths=[/data/cpt]", "parallel.tp=4"]), world_size=256)
+    assert (cfg.model.arch, cfg.model.hidden_size, cfg.model.vocab_size, cfg.model.norm_eps) == ("qwen2", 3584,
+                                                                                                152064, 1e-6)
+    assert cfg.yarn.target_length == 1048576  # the stage's own YaRN on the checkpoint's θ
+    with pytest.raises(CheckpointError, match="num_layers 28 vs 4"):  # what an override states is compared
+        load_training_config("cpt_1m", [*args, "model.num_layers=4"])
+
+
 def test_model_from_checkpoint_needs_a_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="model.from_checkpoint=true but checkpoint.init_from is not set"):
         load_training_config("sft", ["checkpoint.init_from=", f"train.run_dir={tmp_path}/run"])
