@@ -88,7 +88,13 @@ def inherit_from_checkpoint(cfg: Config, stated: FrozenSet[str], overridden: Opt
                               "to take the model from, e.g. checkpoint.init_from=runs/cpt_1m/checkpoints")
         return cfg
     path, meta = source
-    saved = config_from_dict({k: v for k, v in meta["config"].items() if k in ("model", "yarn")})
+    recorded = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    if "model" not in recorded:  # nothing to inherit from or compare with
+        if cfg.model.from_checkpoint or cfg.train.mode == "sft":
+            raise CheckpointError(f"{meta['path']}: meta.json records no model config to take the model and rope "
+                                  f"from; convert the model with tools/convert_from_hf.py or state them")
+        return cfg
+    saved = config_from_dict({k: v for k, v in recorded.items() if k in ("model", "yarn")})
     model, yarn = cfg.model, cfg.yarn
     if model.from_checkpoint:
         model = dataclasses.replace(model, **{f.name: getattr(saved.model, f.name) for f in dataclasses.fields(model)
