@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .atomic import publish_dir, write_text_atomic
 from .config import Config, data_parallel_size, to_dict
+from .signals import helpers_shielded
 
 if TYPE_CHECKING:  # annotations only: torch is imported lazily at run time
     import torch
@@ -284,7 +285,9 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
     if optimizer is not None:
         sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=False)
     sharded["rng_state"] = _rng_sharded_object()
-    with cpu_shims.cuda_to_cpu():
+    # Megatron's writer spawns a multiprocessing Manager at the first save and keeps it; srun signals every
+    # process of the step, so it and the writers must not die of USR1/TERM (docs/training.md, "Preemption")
+    with cpu_shims.cuda_to_cpu(), helpers_shielded():
         dist_checkpointing.save(sharded, tmp, sharded_strategy=("torch_dist", 1))
     dist.barrier()  # every rank's files are written
 

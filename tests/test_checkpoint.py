@@ -200,3 +200,30 @@ def test_test_pause_hook_reaches_a_child_process_through_its_environment():
     hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, **pause_env(10, 60)})
     assert plain.stdout.strip() == "_publish" and hooked.stdout.strip() == "install.<locals>.paused"
+
+
+def _signal_helpers_between_saves(rank, world, tmp):
+    import signal
+    import time
+
+    import psutil
+
+    from megatron_ultralong.checkpoint import save_checkpoint
+
+    cfg = toy_cfg(tmp)
+    model, opt = build_parts(cfg)
+    save_checkpoint(f"{tmp}/ckpt", 1, model, cfg, opt)  # Megatron's writer starts its Manager here and keeps it
+    helpers = psutil.Process().children(recursive=True)
+    for p in helpers:  # what srun does to every process of the step at a preemption
+        p.send_signal(signal.SIGUSR1)
+        p.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    alive = [p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in helpers]
+    save_checkpoint(f"{tmp}/ckpt", 2, model, cfg, opt)  # the preemption save: BrokenPipeError with a dead Manager
+    return {"helpers": [p.name() if a else "dead" for p, a in zip(helpers, alive)], "alive": alive}
+
+
+def test_save_helper_processes_survive_the_jobs_signals_and_the_next_save_works(tmp_path):
+    r = run_ranks(_signal_helpers_between_saves, 1, args=(str(tmp_path),))[0]
+    assert r["alive"] and all(r["alive"]), r["helpers"]
+    assert find_latest(str(tmp_path / "ckpt")).endswith("iter_0000002")

@@ -28,13 +28,12 @@ from ..data.checks import check_data
 from ..model.builder import TORCH_DTYPES, build_model
 from ..parallel import destroy_distributed, init_distributed
 from ..rope import resolved_yarn_factor
+from ..signals import PREEMPTION_SIGNALS
 from . import EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
 from .metrics import MetricsLogger, memory_gb, peak_flops_per_gpu, train_flops_per_token
 from .schedule import LRSchedule
 from .separator_rows import init_separator_rows
 from .step import forward_backward
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @contextlib.contextmanager
