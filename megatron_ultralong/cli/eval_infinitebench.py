@@ -13,7 +13,15 @@ from __future__ import annotations
 import os
 
 from . import OneLineParser, comma_strs
-from .evaluation import add_eval_output_args, add_model_arg, below_minimum, run_eval, write_result
+from .evaluation import (
+    add_bos_arg,
+    add_eval_output_args,
+    add_model_arg,
+    below_minimum,
+    run_eval,
+    warn_beyond_window,
+    write_result,
+)
 
 DEFAULT_TASKS = "passkey,number_string,kv_retrieval,longbook_choice_eng,longbook_qa_eng,math_find,code_debug"
 
@@ -31,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N records of each task (default: all)")
     p.add_argument("--no-chat-template", action="store_true",
                    help="send the plain prompt instead of one user turn through the tokenizer's chat template")
+    add_bos_arg(p)
     add_eval_output_args(p)
     p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
     a = p.parse_args(argv)
@@ -44,6 +53,7 @@ def main(argv=None) -> int:
         resolve_max_length,
         run_infinitebench,
     )
+    from ..eval.prompt import resolve_bos
 
     tasks = comma_strs(a.tasks)
 
@@ -51,6 +61,8 @@ def main(argv=None) -> int:
         max_length = resolve_max_length(a.hf, a.max_length)
         samples = load_tasks(a.data, tasks, a.limit)
         check_max_length(tasks, max_length)
+        resolve_bos(tok, a.bos)
+        warn_beyond_window(a.hf, [max_length], "--max-length")
         try:
             os.makedirs(a.out, exist_ok=True)
         except OSError as e:
@@ -61,9 +73,9 @@ def main(argv=None) -> int:
         samples, max_length = checked
         with PredictionFiles(a.out) as stream:
             res = run_infinitebench(hf_generate(model, tok, skip_special_tokens=True), tok, samples, max_length,
-                                    chat=not a.no_chat_template, on_prediction=stream)
+                                    chat=not a.no_chat_template, on_prediction=stream, bos=a.bos)
         summary = {k: v for k, v in res.items() if k != "predictions"}
-        write_result(a.out, "infinitebench.json", a.hf, summary, data=os.path.abspath(a.data))
+        write_result(a.out, "infinitebench.json", a.hf, summary, data=os.path.abspath(a.data), dtype=a.dtype)
         for t in tasks:
             print(f"{t:<20} {res['scores'][t]:6.1%}  ({res['samples'][t]} samples, {res['truncated'][t]} cut to fit)")
         print(f"average {res['average']:.1%} -> {a.out}/infinitebench.json, preds_<task>.jsonl")

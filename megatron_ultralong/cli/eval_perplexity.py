@@ -15,7 +15,7 @@ import os
 import warnings
 
 from . import OneLineParser, bad_input, comma_ints
-from .evaluation import add_eval_output_args, add_model_arg, model_name, write_result
+from .evaluation import add_eval_output_args, add_model_arg, model_name, warn_beyond_window, write_result
 
 
 def main(argv=None) -> int:
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     try:
         docs, plan = prepare_inputs(a.hf, a.data, a.tokenizer, a.text_key, a.lengths, a.documents, a.tail,
                                     a.chunk)  # input errors before the (long) model load
+        warn_beyond_window(a.hf, a.lengths, "--lengths")
         model = load_hf_model(a.hf, a.dtype)
         res = perplexity_by_length(hf_nll_fn(model, a.chunk), docs, a.lengths, a.documents, a.tail, plan=plan)
     except (EvalError, ConfigError) as e:  # DataError is a ConfigError

@@ -1,6 +1,8 @@
 """What the four evaluation tools (tools/eval_*.py) share: their options, their run order, their output.
 
     add_model_arg(p); add_eval_output_args(p)                      # --hf; --dtype, --out
+    add_prompt_args(p); fmt = prompt_format(a)                     # --bos, --chat-template (NIAH, RULER)
+    warn_beyond_window(a.hf, a.lengths, "--lengths")               # one stderr line past the model's window
     return run_eval(a, check=lambda tok: plan(tok), evaluate=lambda model, tok, plan: ...)
     write_result(a.out, "niah.json", a.hf, grid)                   # {"model": <abs --hf>, **grid}
     return below_minimum(score, a.min_score, "--min-score", "average score")   # the exit code of a --min-* gate
@@ -27,6 +29,40 @@ def add_eval_output_args(parser: argparse.ArgumentParser) -> None:
     """The options every evaluation tool (tools/eval_*.py) ends with: --dtype of the model run, --out folder."""
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype the model is run in")
     parser.add_argument("--out", required=True, help="output directory")
+
+
+def add_bos_arg(parser: argparse.ArgumentParser) -> None:
+    """--bos: how many BOS tokens start each prompt (docs/eval.md, Prompt format)."""
+    from ..eval.prompt import BOS_MODES
+
+    parser.add_argument("--bos", choices=BOS_MODES, default="auto",
+                        help="one BOS first in every prompt: 'auto' when the tokenizer's encode adds one (Meta's "
+                             "Llama-3.1 tokenizer does) or the chat template starts with one, 'always', or 'never'")
+
+
+def add_prompt_args(parser: argparse.ArgumentParser) -> None:
+    """--bos and --chat-template of the synthetic tasks (NIAH, RULER)."""
+    add_bos_arg(parser)
+    parser.add_argument("--chat-template", action="store_true",
+                        help="wrap each prompt as one user turn of the tokenizer's chat template, the answer prefix "
+                             "opening the assistant turn (instruct models; default: plain text, as for base models)")
+
+
+def prompt_format(a: argparse.Namespace):
+    """The PromptFormat of --bos / --chat-template."""
+    from ..eval.prompt import PromptFormat
+
+    return PromptFormat(bos=a.bos, chat_template=bool(getattr(a, "chat_template", False)))
+
+
+def warn_beyond_window(model_dir: str, lengths, flag: str) -> None:
+    """One ``warning:`` line on stderr when a length exceeds the model's window (not an error: extrapolation is a
+    legitimate measurement)."""
+    from ..eval.hf import window_warning
+
+    message = window_warning(model_dir, lengths, flag)
+    if message:
+        print(message, file=sys.stderr)
 
 
 def run_eval(a: argparse.Namespace, check: Callable[[Any], Any], evaluate: Callable[[Any, Any, Any], int]) -> int:

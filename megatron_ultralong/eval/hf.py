@@ -1,6 +1,7 @@
 """An exported Hugging Face model folder for evaluation: loading (one-line errors) and greedy decoding.
 
     check_hf_folder(path)             # EvalError unless it holds a config.json
+    model_window(read_hf_config(path))   # tokens the model was made for (max_position_embeddings, rope_scaling)
     tok = load_hf_tokenizer(path)     # EvalError naming --hf-assets when no tokenizer files were exported
     model = load_hf_model(path, "bf16")   # on the GPU when there is one, in eval mode
     generate = hf_generate(model, tok)    # generate(prompt_ids[, max_new_tokens]) -> text
@@ -8,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from . import EvalError
 
@@ -27,6 +28,32 @@ def read_hf_config(path: str) -> dict:
     check_hf_folder(path)
     with open(os.path.join(path, "config.json")) as f:
         return json.load(f)
+
+
+def model_window(config: dict) -> Optional[int]:
+    """The context a HF config says its model handles: max_position_embeddings, or factor ×
+    original_max_position_embeddings of its rope_scaling (rope_parameters in transformers 5) when that is more;
+    None when the config states neither."""
+    window = config.get("max_position_embeddings")
+    window = int(window) if isinstance(window, (int, float)) and window > 0 else None
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = config.get(key)
+        if isinstance(rope, dict) and isinstance(rope.get("factor"), (int, float)):
+            base = rope.get("original_max_position_embeddings") or window
+            if isinstance(base, (int, float)) and base > 0:
+                window = max(window or 0, int(rope["factor"] * base))
+    return window
+
+
+def window_warning(path: str, lengths, flag: str) -> Optional[str]:
+    """A one-line warning when a length in ``lengths`` exceeds the window of the model in ``path``, else None."""
+    window = model_window(read_hf_config(path))
+    over = sorted({int(n) for n in lengths if window is not None and n > window})
+    if not over:
+        return None
+    return (f"warning: {flag} {','.join(map(str, over))} exceed the model's window of {window} tokens "
+            f"(max_position_embeddings / rope_scaling in {os.path.join(path, 'config.json')}): scores there "
+            f"measure extrapolation")
 
 
 def load_hf_tokenizer(path: str):

@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import EvalError
 from .hf import read_hf_config
+from .progress import Eta
+from .prompt import bos_token_id, encode_plain, resolve_bos, with_bos
 
 GenerateFn = Callable[[List[int], int], str]
 CHOICES = "ABCD"
@@ -324,14 +326,19 @@ def truncate_middle(ids: List[int], budget: int) -> List[int]:
     return ids[:head] + ids[len(ids) - (budget - head):]
 
 
-def prompt_ids(tokenizer, text: str, chat: bool = True) -> List[int]:
+def prompt_ids(tokenizer, text: str, chat: bool = True, bos: str = "auto") -> List[int]:
     """Token ids of ``text`` as one user turn (with the generation prompt) through the tokenizer's chat template
-    when ``chat`` and it has one, else the plain text's ids."""
+    when ``chat`` and it has one, else the plain text's ids (no special tokens); then one BOS first under ``bos``
+    (eval/prompt.py: 'auto' keeps the template's own BOS, or adds the one the tokenizer's encode adds)."""
+    start = bos_token_id(tokenizer)
     if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
                                             add_generation_prompt=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return list(tokenizer.encode(text))
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    else:
+        ids = encode_plain(tokenizer, text)
+    from_template = bool(ids) and start is not None and ids[0] == start
+    return with_bos(ids, resolve_bos(tokenizer, bos, template_has_bos=from_template), start)
 
 
 def check_max_length(tasks: Sequence[str], max_length: int) -> None:
@@ -384,19 +391,24 @@ class PredictionFiles:
 
 def run_infinitebench(generate: GenerateFn, tokenizer, tasks: Dict[str, List[Sample]], max_length: int,
                       chat: bool = True, log: Optional[Callable[[str], None]] = print,
-                      on_prediction: Optional[Callable[[str, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+                      on_prediction: Optional[Callable[[str, Dict[str, Any]], None]] = None,
+                      bos: str = "auto") -> Dict[str, Any]:
     """Prompt, generate and score every sample; returns per-task scores and the predictions.
 
     ``generate(prompt_ids, max_new_tokens) -> text`` (greedy). ``on_prediction(task, record)`` sees each
-    prediction as it is made (to stream them to a file)."""
+    prediction as it is made (to stream them to a file). ``bos``: 'auto' | 'always' | 'never' (``prompt_ids``).
+    The log's ETA weighs samples by their characters (a proxy of their tokens, known before they are encoded)."""
     check_max_length(tasks, max_length)
-    total, done, t0 = sum(len(s) for s in tasks.values()), 0, time.time()
+    resolve_bos(tokenizer, bos)  # a bad mode before the first sample
+    eta = Eta([len(s.prompt) for samples in tasks.values() for s in samples])
+    total, done = len(eta.lengths), 0
     scores, truncated, predictions = {}, {}, {}
     for task, samples in tasks.items():
         spec, task_scores, cut = TASKS[task], [], 0
         predictions[task] = []
         for sample in samples:
-            ids = prompt_ids(tokenizer, sample.prompt, chat)
+            t0 = time.time()
+            ids = prompt_ids(tokenizer, sample.prompt, chat, bos)
             budget = max_length - spec.max_new_tokens
             cut += len(ids) > budget
             ids = truncate_middle(ids, budget)
@@ -409,12 +421,12 @@ def run_infinitebench(generate: GenerateFn, tokenizer, tasks: Dict[str, List[Sam
             if on_prediction:
                 on_prediction(task, record)
             done += 1
+            eta.done(time.time() - t0)
             if log:
-                eta = (time.time() - t0) / done * (total - done)
                 log(f"infinitebench {task} {len(task_scores)}/{len(samples)} score {score:.2f} "
-                    f"(prompt {len(ids):,} tokens) [{done}/{total}, eta {eta:.0f}s]")
+                    f"(prompt {len(ids):,} tokens) [{done}/{total}, eta {eta.seconds_left():.0f}s]")
         scores[task] = sum(task_scores) / len(task_scores)
         truncated[task] = cut
-    return {"max_length": max_length, "chat_template": chat, "scores": scores,
+    return {"max_length": max_length, "chat_template": chat, "bos": bos, "scores": scores,
             "samples": {t: len(s) for t, s in tasks.items()}, "truncated": truncated,
             "average": sum(scores.values()) / len(scores), "predictions": predictions}

@@ -1,7 +1,8 @@
 """RULER-style synthetic long-context tasks (multi-key/value/query NIAH, variable tracking); tasks, prompts and
 scoring: docs/eval.md.
 
-    res = run_ruler(generate, tokenizer, tasks=TASKS, lengths=[131072, 1048576], samples_per_cell=4)
+    res = run_ruler(generate, tokenizer, tasks=TASKS, lengths=[131072, 1048576], samples_per_cell=4,
+                    fmt=PromptFormat(bos="auto", chat_template=False))      # eval/prompt.py
     res["scores"]["variable_tracking"]["1048576"], res["average"]
 
 ``generate(prompt_ids, max_new_tokens) -> str`` is any greedy decoder (``eval.hf.hf_generate`` wraps transformers).
@@ -16,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import EvalError
 from .niah import FILLER
+from .progress import Eta
+from .prompt import PromptFormat, PromptFrame, encode_plain, prompt_frame
 
 GenerateFn = Callable[[List[int], int], str]
 
@@ -49,12 +52,12 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
 _NIAH_INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize them. "
                "I will quiz you about the numbers afterwards.\n")
 _NIAH_NEEDLE = "One of the special magic numbers for {key} is: {value}. "
-_NIAH_QUESTION = ("\nWhat are all the special magic numbers for {keys} mentioned in the provided text? "
-                  "The special magic numbers for {keys} mentioned in the provided text are")
+_NIAH_ASK = "\nWhat are all the special magic numbers for {keys} mentioned in the provided text?"
+_NIAH_ANSWER = " The special magic numbers for {keys} mentioned in the provided text are"
 _VT_INTRO = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
-_VT_QUESTION = ("\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: "
-                "According to the chain(s) of variable assignment in the text above, {n} variables are assigned "
-                "the value {value}, they are:")
+_VT_ASK = "\nQuestion: Find all variables that are assigned the value {value} in the text above."
+_VT_ANSWER = (" Answer: According to the chain(s) of variable assignment in the text above, {n} variables are "
+              "assigned the value {value}, they are:")
 
 
 class RulerLengthError(EvalError):
@@ -100,7 +103,13 @@ def _var_names(rng: random.Random, n: int) -> List[str]:
 
 
 def task_content(task: str, rng: random.Random) -> Tuple[str, List[str], str, List[str]]:
-    """(intro, hidden statements in haystack order, question, answers) of one sample of ``task``."""
+    """(intro, hidden statements in haystack order, question with its answer prefix, answers) of one sample."""
+    intro, statements, ask, answer_prefix, answers = _content(task, rng)
+    return intro, statements, ask + answer_prefix, answers
+
+
+def _content(task: str, rng: random.Random) -> Tuple[str, List[str], str, str, List[str]]:
+    """(intro, hidden statements, question, answer prefix, answers) of one sample of ``task``."""
     if task == "variable_tracking":
         value, other = _value(rng), _value(rng)
         names = _var_names(rng, 2 * CHAIN)
@@ -111,7 +120,7 @@ def task_content(task: str, rng: random.Random) -> Tuple[str, List[str], str, Li
 
         mine, theirs = statements(chain, value), statements(decoy, other)
         merged = [s for pair in zip(mine, theirs) for s in pair]  # interleaved; each chain keeps its order
-        return _VT_INTRO, merged, _VT_QUESTION.format(value=value, n=CHAIN), chain
+        return (_VT_INTRO, merged, _VT_ASK.format(value=value), _VT_ANSWER.format(value=value, n=CHAIN), chain)
     if task not in TASKS:
         raise EvalError(f"unknown RULER task {task!r}; choose from {', '.join(TASKS)}")
     n = 1 if task == "niah_single" else NEEDLES
@@ -128,7 +137,8 @@ def task_content(task: str, rng: random.Random) -> Tuple[str, List[str], str, Li
     else:  # niah_multiquery
         picked = sorted(rng.sample(range(n), 2))
         asked, answers = [keys[i] for i in picked], [values[i] for i in picked]
-    return _NIAH_INTRO, needles, _NIAH_QUESTION.format(keys=", ".join(asked)), answers
+    keys_text = ", ".join(asked)
+    return _NIAH_INTRO, needles, _NIAH_ASK.format(keys=keys_text), _NIAH_ANSWER.format(keys=keys_text), answers
 
 
 @dataclass
@@ -140,20 +150,20 @@ class _Drawn:
     answers: List[str]
     """Strings a correct completion contains."""
     intro_ids: List[int]
-    """Tokens of the instructions before the haystack."""
+    """Tokens before the haystack: the prompt frame's head (BOS, chat template), then the instructions."""
     statement_ids: List[List[int]]
     """Tokens of each hidden statement, in haystack order."""
     question_ids: List[int]
-    """Tokens of the question and its answer prefix."""
+    """Tokens of the question and its answer prefix (with the chat template's end of turn between them)."""
 
     def fixed_tokens(self) -> int:
         return len(self.intro_ids) + sum(map(len, self.statement_ids)) + len(self.question_ids)
 
 
-def _draw(task: str, tokenizer, rng: random.Random) -> _Drawn:
-    intro, statements, question, answers = task_content(task, rng)
-    return _Drawn(task, answers, tokenizer.encode(intro), [tokenizer.encode(s) for s in statements],
-                  tokenizer.encode(question))
+def _draw(task: str, tokenizer, rng: random.Random, frame: PromptFrame) -> _Drawn:
+    intro, statements, ask, answer_prefix, answers = _content(task, rng)
+    return _Drawn(task, answers, frame.head + encode_plain(tokenizer, intro),
+                  [encode_plain(tokenizer, s) for s in statements], frame.answer(tokenizer, ask, answer_prefix))
 
 
 def _check_fits(drawn: _Drawn, length: int, sentence: List[int]) -> None:
@@ -181,10 +191,13 @@ def _assemble(drawn: _Drawn, length: int, sentence: List[int]) -> RulerSample:
     return RulerSample(drawn.task, length, drawn.answers, positions, prompt)
 
 
-def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: str = FILLER) -> RulerSample:
+def build_sample(task: str, tokenizer, length: int, rng: random.Random, filler: str = FILLER,
+                 frame: Optional[PromptFrame] = None) -> RulerSample:
     """A prompt of exactly ``length`` tokens: intro, haystack with the task's statements at evenly spread depths
-    (filler-sentence boundaries), question with its answer prefix."""
-    return _assemble(_draw(task, tokenizer, rng), length, tokenizer.encode(filler))
+    (filler-sentence boundaries), question with its answer prefix; framed by ``frame`` (default:
+    ``prompt_frame(tokenizer)``)."""
+    frame = frame if frame is not None else prompt_frame(tokenizer)
+    return _assemble(_draw(task, tokenizer, rng, frame), length, encode_plain(tokenizer, filler))
 
 
 def score(generated: str, answers: Sequence[str]) -> float:
@@ -192,11 +205,24 @@ def score(generated: str, answers: Sequence[str]) -> float:
     return sum(a in generated for a in answers) / len(answers)
 
 
-Plan = List[Tuple[str, int, List[_Drawn]]]
+@dataclass
+class Plan:
+    """A RULER run before any prompt is assembled: its frame and every (task, length, drawn samples) cell."""
+
+    frame: PromptFrame
+    """How every prompt is framed (BOS, chat template)."""
+    cells: List[Tuple[str, int, List[_Drawn]]]
+    """(task, length, samples) in run order."""
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __iter__(self):
+        return iter(self.cells)
 
 
 def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_per_cell: int = 1,
-               seed: int = 0) -> Plan:
+               seed: int = 0, fmt: PromptFormat = PromptFormat()) -> Plan:
     """Every sample of the run drawn, tokenized and checked against its length (cheap: call it before loading a
     model). Prompts themselves are assembled one at a time by ``run_ruler``: a plan of many 1M-token prompts
     would hold gigabytes."""
@@ -205,11 +231,12 @@ def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvalError(f"unknown RULER task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    rng, sentence = random.Random(seed), tokenizer.encode(FILLER)
+    frame = prompt_frame(tokenizer, fmt)
+    rng, sentence = random.Random(seed), encode_plain(tokenizer, FILLER)
     plan, short = [], {}
     for t in tasks:
         for n in lengths:
-            drawn = [_draw(t, tokenizer, rng) for _ in range(samples_per_cell)]
+            drawn = [_draw(t, tokenizer, rng, frame) for _ in range(samples_per_cell)]
             for d in drawn:
                 try:
                     _check_fits(d, n, sentence)
@@ -219,31 +246,34 @@ def plan_ruler(tokenizer, tasks: Sequence[str], lengths: Sequence[int], samples_
     if short:
         raise EvalError(f"context length {min(lengths)} is shorter than the fixed text of {', '.join(short)}: use "
                         f"lengths >= {max(short.values())} (or leave those tasks out with --tasks)")
-    return plan
+    return Plan(frame, plan)
 
 
 def run_ruler(generate: GenerateFn, tokenizer, tasks: Sequence[str], lengths: Sequence[int],
               samples_per_cell: int = 1, seed: int = 0, log: Optional[Callable[[str], None]] = print,
-              plan: Optional[Plan] = None) -> Dict:
-    """Score every (task, length) cell; returns {"average", "scores": {task: {str(length): score}}, "cells"}.
-    ``plan``: ``plan_ruler`` with the same arguments (made here when None)."""
-    plan = plan if plan is not None else plan_ruler(tokenizer, tasks, lengths, samples_per_cell, seed)
-    sentence = tokenizer.encode(FILLER)
-    total, done, t0 = len(plan) * samples_per_cell, 0, time.time()
+              plan: Optional[Plan] = None, fmt: PromptFormat = PromptFormat()) -> Dict:
+    """Score every (task, length) cell; returns {"average", "scores": {task: {str(length): score}}, "cells",
+    "seed", and the prompt settings "bos", "bos_token_id", "chat_template"}. ``plan``: ``plan_ruler`` with the
+    same arguments (made here when None). The log's ETA weighs samples by length."""
+    plan = plan if plan is not None else plan_ruler(tokenizer, tasks, lengths, samples_per_cell, seed, fmt)
+    sentence = encode_plain(tokenizer, FILLER)
+    eta = Eta([length for _, length, drawn in plan for _ in drawn])
+    total, done = len(eta.lengths), 0
     cells, scores = [], {t: {} for t in tasks}
     for task, length, drawn in plan:
         outputs = []
         for d in drawn:
+            t0 = time.time()
             s = _assemble(d, length, sentence)
             out = generate(s.prompt_ids, TASKS[task].max_new_tokens)
             outputs.append({"answers": s.answers, "output": out.strip()[:200], "score": score(out, s.answers)})
             done += 1
+            eta.done(time.time() - t0)
         cell = sum(o["score"] for o in outputs) / len(outputs)
         scores[task][str(length)] = cell
         cells.append({"task": task, "length": length, "score": cell, "samples": outputs})
         if log:
-            eta = (time.time() - t0) / done * (total - done)
-            log(f"ruler {task} length={length} score={cell:.2f} [{done}/{total}, eta {eta:.0f}s]")
+            log(f"ruler {task} length={length} score={cell:.2f} [{done}/{total}, eta {eta.seconds_left():.0f}s]")
     average = sum(c["score"] for c in cells) / len(cells)
-    return {"average": average, "tasks": list(tasks), "lengths": [int(n) for n in lengths], "scores": scores,
-            "cells": cells}
+    return {"average": average, "tasks": list(tasks), "lengths": [int(n) for n in lengths], "seed": seed,
+            **plan.frame.record(), "scores": scores, "cells": cells}
