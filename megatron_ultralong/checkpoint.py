@@ -328,13 +328,24 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
     same_layout = all(meta["layout"][k] == layout_now[k] for k in ("tp", "pp", "cp"))
     if optimizer is not None and same_layout:
         sharded["rng_state"] = _rng_sharded_object()
+    # weights only: modules' `_extra_state` (TE's FP8 metadata) may be on one side only (a local-spec conversion
+    # loaded into a TE model, or back); Megatron reports the mismatched keys instead of refusing the load
+    weights_only = optimizer is None
     try:
         with cpu_shims.cuda_to_cpu():
-            state = dist_checkpointing.load(sharded, iter_dir, sharded_strategy=("torch_dist", 1))
+            state = dist_checkpointing.load(sharded, iter_dir, sharded_strategy=("torch_dist", 1),
+                                            strict="return_all" if weights_only else "assume_ok_unexpected")
     except (Exception, CheckpointException) as e:  # damaged files surface as many types (DCP's is a BaseException)
         raise CheckpointError(f"{iter_dir}: cannot be loaded ({_one_line(e)}); the checkpoint is corrupt or "
                               f"incomplete, use an earlier {ITER_PREFIX}* folder") from None
-    _unwrap(model_chunks[0]).load_state_dict(state["model"], strict=True)
+    skipped: List[str] = []
+    if weights_only:
+        state, in_checkpoint_only, in_model_only = state
+        skipped = _skipped_extra_state(iter_dir, in_checkpoint_only, in_model_only)
+    result = _unwrap(model_chunks[0]).load_state_dict(state["model"], strict=not weights_only)
+    if weights_only:
+        _skipped_extra_state(iter_dir, result.unexpected_keys, result.missing_keys)
+    meta["skipped_extra_state"] = skipped
     if optimizer is not None:
         with cpu_shims.cuda_to_cpu():
             optimizer.load_state_dict(state["optimizer"])
@@ -344,6 +355,24 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
         scheduler.load_state_dict(meta["scheduler"])
     meta["rng_restored"] = "rng_state" in state
     return meta
+
+
+def _is_extra_state(key: str) -> bool:
+    from torch.nn.modules.module import _EXTRA_STATE_KEY_SUFFIX
+
+    return key.rpartition(".")[2] == _EXTRA_STATE_KEY_SUFFIX
+
+
+def _skipped_extra_state(iter_dir: str, in_checkpoint_only, in_model_only) -> List[str]:
+    """The `_extra_state` keys on one side only ('name (not in the checkpoint)' / '(not in the model)'). Another
+    key the model has and the checkpoint lacks is a CheckpointError; the checkpoint may hold more (its optimizer)."""
+    others = sorted(k for k in in_model_only if not _is_extra_state(k))
+    if others:
+        raise CheckpointError(f"{iter_dir}: cannot be loaded (it lacks the model's {', '.join(others[:5])}"
+                              f"{' ...' if len(others) > 5 else ''}); the checkpoint is corrupt or incomplete, "
+                              f"use an earlier {ITER_PREFIX}* folder")
+    return sorted([f"{k} (not in the checkpoint)" for k in in_model_only]
+                  + [f"{k} (not in the model)" for k in in_checkpoint_only if _is_extra_state(k)])
 
 
 def _one_line(e: BaseException) -> str:

@@ -227,3 +227,54 @@ def test_save_helper_processes_survive_the_jobs_signals_and_the_next_save_works(
     r = run_ranks(_signal_helpers_between_saves, 1, args=(str(tmp_path),))[0]
     assert r["alive"] and all(r["alive"]), r["helpers"]
     assert find_latest(str(tmp_path / "ckpt")).endswith("iter_0000002")
+
+
+def _give_final_norm_extra_state(model):
+    """Make the local spec's final norm carry `_extra_state`, the way Transformer Engine's TENorm does."""
+    from megatron.core.utils import unwrap_model
+
+    norm = unwrap_model(model[0]).decoder.final_layernorm
+    norm.__class__ = type("NormWithExtraState", (norm.__class__,), {
+        "get_extra_state": lambda self: torch.zeros(4, dtype=torch.uint8),
+        "set_extra_state": lambda self, state: None})
+
+
+def _load_with_extra_state(rank, world, tmp, ckpt, save_side, load_side):
+    """Save a weights-only checkpoint (a converter's) from a model with / without `_extra_state`, load it into a
+    differently seeded one with / without it; returns meta, whether the weights match, or the error."""
+    from megatron.core.utils import unwrap_model
+
+    from megatron_ultralong.checkpoint import load_checkpoint, save_checkpoint
+    from megatron_ultralong.parallel import destroy_distributed
+
+    cfg = toy_cfg(tmp)
+    model, _ = build_parts(cfg)
+    if save_side:
+        _give_final_norm_extra_state(model)
+    save_checkpoint(ckpt, 0, model, cfg)
+    saved = params_of(model)
+    destroy_distributed()
+    other = toy_cfg(tmp, "train.seed=77")
+    model2, _ = build_parts(other)
+    if load_side:
+        _give_final_norm_extra_state(model2)
+    keys = set(unwrap_model(model2[0]).sharded_state_dict())
+    try:
+        meta = load_checkpoint(ckpt, model2)
+    except CheckpointError as e:
+        return {"error": str(e), "keys": keys}
+    loaded = params_of(model2)
+    return {"meta": meta, "keys": keys, "equal": loaded.keys() == saved.keys()
+            and all(torch.equal(loaded[n], p) for n, p in saved.items())}
+
+
+@pytest.mark.parametrize("save_side, load_side, skipped", [
+    (False, True, "decoder.final_layernorm._extra_state (not in the checkpoint)"),  # local-spec conversion -> TE
+    (True, False, "decoder.final_layernorm._extra_state (not in the model)"),
+])
+def test_weights_only_load_skips_extra_state_present_on_one_side_only_and_says_so(tmp_path, save_side, load_side,
+                                                                                  skipped):
+    r = run_ranks(_load_with_extra_state, 1, args=(str(tmp_path), str(tmp_path / "ckpt"), save_side, load_side))[0]
+    assert ("decoder.final_layernorm._extra_state" in r["keys"]) == load_side
+    assert "error" not in r, r["error"]
+    assert r["equal"] and r["meta"]["skipped_extra_state"] == [skipped]

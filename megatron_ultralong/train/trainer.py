@@ -188,6 +188,10 @@ class Trainer:
             self.optimizer.reload_model_params()  # refresh the FP32 main copies from the loaded weights
             log(f"initialised weights from {meta['path']} (step {meta['step']}); rotary: "
                 f"{_rope_name(config_from_dict(meta['config']))} in the checkpoint -> {_rope_name(cfg)} in this run")
+            skipped = meta["skipped_extra_state"]
+            if skipped:  # e.g. a local-spec conversion loaded into the TE model
+                log(f"init_from: skipped {len(skipped)} module extra state(s) present on one side only (TE's FP8 "
+                    f"metadata, not weights; they start fresh): {', '.join(skipped[:3])}{' ...' * (len(skipped) > 3)}")
             return 0, 0
         return 0, 0
 
