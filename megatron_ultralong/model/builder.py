@@ -7,14 +7,14 @@ one-to-one fields, ``_DERIVED``: computed ones); the rotary module is ours (``mo
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError, head_dim, max_sequence_length, needs_document_masking
 from .rotary import UltralongRotaryEmbedding, rope_softmax_scale
-from .specs import core_attention_kind, layer_spec, resolve_attention_backend
+from .specs import core_attention_kind, layer_spec, megatron_attention_backend, resolve_attention_backend
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """config.DTYPE_NAMES -> the torch dtype."""
@@ -39,6 +39,20 @@ _SAME: Dict[str, str] = {
 _on_gpu = torch.cuda.is_available
 
 
+def gradient_accumulation_fusion(backend: str) -> Tuple[bool, str]:
+    """(fuse the weight-gradient GEMM with its accumulation?, why not, when the TE path cannot). TE's linears fuse it
+    themselves, but GPTModel's output layer is Megatron's ColumnParallelLinear, which needs apex's
+    fused_weight_gradient_mlp_cuda kernel: on only where Megatron reports that kernel importable."""
+    if backend != "te":
+        return False, ""
+    from megatron.core.tensor_parallel import layers
+
+    if not layers._grad_accum_fusion_available:
+        return False, ("gradient_accumulation_fusion off: apex's fused_weight_gradient_mlp_cuda kernel is not "
+                       "importable in this environment (same results, a slower weight-gradient step)")
+    return True, ""
+
+
 # TransformerConfig field -> function of our Config
 _DERIVED: Dict[str, Callable[[Config], Any]] = {
     "kv_channels": lambda c: head_dim(c.model),
@@ -60,8 +74,9 @@ _DERIVED: Dict[str, Callable[[Config], Any]] = {
     "bias_activation_fusion": lambda c: _on_gpu(),
     "masked_softmax_fusion": lambda c: _on_gpu(),
     "bias_dropout_fusion": lambda c: _on_gpu(),
+    "attention_backend": lambda c: megatron_attention_backend(resolve_attention_backend(c.model)),
     "apply_rope_fusion": lambda c: resolve_attention_backend(c.model) == "te",
-    "gradient_accumulation_fusion": lambda c: resolve_attention_backend(c.model) == "te",
+    "gradient_accumulation_fusion": lambda c: gradient_accumulation_fusion(resolve_attention_backend(c.model))[0],
     "persist_layer_norm": lambda c: False,
     "recompute_granularity": lambda c: None if c.train.recompute == "none" else c.train.recompute,
     "recompute_method": lambda c: "uniform" if c.train.recompute == "full" else None,
@@ -113,6 +128,9 @@ def build_model(cfg: Config, pre_process: bool | None = None, post_process: bool
 
     tcfg = transformer_config(cfg)
     m = cfg.model
+    why_not = gradient_accumulation_fusion(resolve_attention_backend(m))[1]
+    if why_not and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        print(f"[model] {why_not}", flush=True)
     check_te_keeps_softmax_scale(cfg, tcfg.softmax_scale)
     model = GPTModel(
         config=tcfg,

@@ -8,7 +8,8 @@ Backends (te | sdpa | local) and document masking on each: docs/parallel.md, "Wh
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional
+import os
+from typing import Dict, Optional
 
 import torch
 from megatron.core.models.gpt.gpt_layer_specs import (
@@ -36,6 +37,29 @@ def resolve_attention_backend(model: ModelConfig) -> str:
     if model.fp8 and backend != "te":
         raise ConfigError(f"model.fp8={model.fp8!r} needs model.attention_backend='te' (got {backend!r})")
     return backend
+
+
+_NVTE_VARIABLES = ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN")
+_nvte_set_by_megatron: Dict[str, str] = {}  # what the last check let Megatron write into os.environ
+
+
+def megatron_attention_backend(backend: str):
+    """TransformerConfig.attention_backend for a resolved backend, after checking the exported NVTE_*_ATTN
+    variables against it (GPTModel asserts they agree, then sets them): te -> auto (Transformer Engine picks its
+    flash or fused kernel, NVTE_* unset or 1); sdpa / local run no TE attention -> local (unset or 0)."""
+    from megatron.core.transformer.enums import AttnBackend
+
+    kind, expected = (AttnBackend.auto, "1") if backend == "te" else (AttnBackend.local, "0")
+    for name in _NVTE_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and value == _nvte_set_by_megatron.get(name):
+            del os.environ[name]  # written by an earlier build in this process, not by the user
+        elif value is not None and value != expected:
+            raise ConfigError(f"{name}={value} is exported, but model.attention_backend={backend} needs it unset or "
+                              f"{expected} (Megatron's attention_backend={kind.name} asserts so at build time); unset "
+                              f"{name} and choose the attention with model.attention_backend")
+    _nvte_set_by_megatron.update({name: expected for name in _NVTE_VARIABLES})
+    return kind
 
 
 def validate_context_parallel(cfg: Config) -> None:

@@ -84,3 +84,30 @@ def test_document_masked_sdpa_model_equals_megatron_local_attention_with_an_expl
     assert sdpa["grads"].keys() == local["grads"].keys()
     for name, g in sdpa["grads"].items():
         assert (g - local["grads"][name]).abs().max().item() < 1e-5, name
+
+
+def test_cpu_model_builds_with_nvte_flash_and_fused_attention_exported_off(monkeypatch):
+    """sdpa maps onto Megatron's attention_backend=local, which wants NVTE_*_ATTN unset or 0 (with the default
+    'auto' GPTModel asserted at build time)."""
+    monkeypatch.setenv("NVTE_FLASH_ATTN", "0")
+    monkeypatch.setenv("NVTE_FUSED_ATTN", "0")
+    r = run_ranks(_forward_backward, 1, args=(["model.attention_backend=sdpa"],))[0]
+    assert r["missing_grads"] == []
+
+
+@pytest.mark.parametrize("backend, kernel, fused, note", [
+    ("te", True, True, ""), ("te", False, False, "fused_weight_gradient_mlp_cuda"),
+    ("sdpa", True, False, ""), ("local", False, False, ""),
+])
+def test_gradient_accumulation_fusion_only_on_te_with_apex_kernel_and_says_why_not(monkeypatch, backend, kernel,
+                                                                                   fused, note):
+    from megatron.core.tensor_parallel import layers
+
+    from megatron_ultralong.model.builder import gradient_accumulation_fusion
+
+    monkeypatch.setattr(layers, "_grad_accum_fusion_available", kernel)  # Megatron's own report of the kernel
+    on, why_not = gradient_accumulation_fusion(backend)
+    assert on is fused and (note in why_not if note else why_not == "")
+    if not kernel:
+        assert not layers._grad_accum_fusion_available  # this CPU: the config never asks for the missing kernel
+        assert transformer_config(load_recipe("toy_cpt")).gradient_accumulation_fusion is False

@@ -67,3 +67,41 @@ def test_te_older_than_1_10_is_refused_when_it_would_drop_the_yarn_temperature(m
     builder.check_te_keeps_softmax_scale(masked, scale)
     monkeypatch.setattr(mcu, "is_te_min_version", lambda v, check_equality=True: True)
     builder.check_te_keeps_softmax_scale(cfg, scale)
+
+
+@pytest.mark.parametrize("backend, exported, error", [
+    ("te", {}, None), ("te", {"NVTE_FLASH_ATTN": "1"}, None),
+    ("te", {"NVTE_FLASH_ATTN": "0"}, "NVTE_FLASH_ATTN=0"), ("te", {"NVTE_FUSED_ATTN": "0"}, "NVTE_FUSED_ATTN=0"),
+    ("sdpa", {"NVTE_FLASH_ATTN": "0", "NVTE_FUSED_ATTN": "0"}, None), ("sdpa", {"NVTE_FUSED_ATTN": "1"},
+                                                                        "NVTE_FUSED_ATTN=1"),
+    ("local", {}, None),
+])
+def test_attention_backend_maps_onto_megatron_and_a_conflicting_nvte_variable_is_one_line(monkeypatch, backend,
+                                                                                         exported, error):
+    from types import SimpleNamespace
+
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    monkeypatch.setattr(specs, "_nvte_set_by_megatron", {})
+    for name in specs._NVTE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value)
+    fake_model = lambda kind: SimpleNamespace(config=SimpleNamespace(attention_backend=kind))  # noqa: E731
+    if error:
+        with pytest.raises(specs.ConfigError) as e:
+            specs.megatron_attention_backend(backend)
+        assert str(e.value).startswith(error) and f"model.attention_backend={backend}" in str(e.value)
+        assert "\n" not in str(e.value)
+        from megatron.core.transformer.enums import AttnBackend
+
+        with pytest.raises(AssertionError):  # what the user got before: Megatron's assert while building
+            LanguageModule._set_attention_backend(fake_model(AttnBackend.auto if backend == "te" else
+                                                             AttnBackend.local))
+        return
+    kind = specs.megatron_attention_backend(backend)
+    assert kind.name == ("auto" if backend == "te" else "local")
+    LanguageModule._set_attention_backend(fake_model(kind))  # Megatron agrees (and sets the variables)
+    # a later build in the same process with another backend is not blocked by what Megatron wrote
+    other = "sdpa" if backend == "te" else "te"
+    assert specs.megatron_attention_backend(other).name == ("auto" if other == "te" else "local")
