@@ -3,17 +3,17 @@
 Imports under ``if TYPE_CHECKING:`` never run, so they do not count."""
 import ast
 from pathlib import Path
-from typing import Dict, Iterator, List, Set
+from typing import Dict, Iterator, List, Optional, Set
 
 PACKAGE = "megatron_ultralong"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 
-def _modules() -> Dict[str, Path]:
+def _modules(root: Path = ROOT) -> Dict[str, Path]:
     """Dotted name -> file of every module of the package (a package is its __init__.py)."""
     out = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = path
@@ -21,8 +21,8 @@ def _modules() -> Dict[str, Path]:
 
 
 def _targets(node: ast.AST, module: str, is_package: bool, modules: Dict[str, Path]) -> Set[str]:
-    """Package modules one import statement executes: the named module, and a name imported from a package
-    when it is a submodule."""
+    """Package modules one import statement names: ``import a.b`` names a.b; ``from a import x`` names the
+    submodule a.x when there is one, else a itself (x is then an attribute of a, so a must have run)."""
     names: Set[str] = set()
     if isinstance(node, ast.Import):
         names |= {a.name for a in node.names}
@@ -33,13 +33,14 @@ def _targets(node: ast.AST, module: str, is_package: bool, modules: Dict[str, Pa
             source = ".".join(base + ([node.module] if node.module else []))
         else:
             source = node.module or ""
-        names.add(source)
-        names |= {f"{source}.{a.name}" for a in node.names}
+        for alias in node.names:
+            sub = f"{source}.{alias.name}"
+            names.add(sub if sub in modules else source)
     out = set()
     for name in names:
         while name and name not in modules:  # 'pkg.mod.attr' -> 'pkg.mod'
             name = name.rpartition(".")[0]
-        if name.startswith(PACKAGE + "."):
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
             out.add(name)
     return out
 
@@ -62,10 +63,11 @@ def _imports(node: ast.AST) -> Iterator[ast.AST]:
             yield from _imports(child)
 
 
-def import_graph() -> Dict[str, Set[str]]:
+def import_graph(modules: Optional[Dict[str, Path]] = None) -> Dict[str, Set[str]]:
     """Module -> the package modules it imports (anywhere in its body), plus the packages above each target that
-    Python runs first (except the importer's own packages, which are already being imported)."""
-    modules = _modules()
+    Python runs first. Those implicit parent packages are skipped when they contain the importer (already being
+    imported); a package the statement names itself (``from . import Error``) counts: its __init__ must have run."""
+    modules = _modules() if modules is None else modules
     graph: Dict[str, Set[str]] = {}
     for module, path in modules.items():
         is_package = path.name == "__init__.py"
@@ -73,10 +75,12 @@ def import_graph() -> Dict[str, Set[str]]:
         for node in _imports(ast.parse(path.read_text(), filename=str(path))):
             for target in _targets(node, module, is_package, modules):
                 parts = target.split(".")
-                for i in range(2, len(parts) + 1):
-                    dep = ".".join(parts[:i])
-                    if not (module == dep or module.startswith(dep + ".")):
-                        edges.add(dep)
+                for i in range(2, len(parts)):
+                    parent = ".".join(parts[:i])
+                    if not (module == parent or module.startswith(parent + ".")):
+                        edges.add(parent)
+                if target != module:
+                    edges.add(target)
         graph[module] = edges
     return graph
 
@@ -113,6 +117,15 @@ def test_graph_sees_function_level_and_relative_imports():
     assert len(graph) > 30
     assert f"{PACKAGE}.config" in graph[f"{PACKAGE}.rope"]
     assert f"{PACKAGE}.model.attention" in graph[f"{PACKAGE}.model.specs"]  # imported inside layer_spec()
+    assert f"{PACKAGE}.data" in graph[f"{PACKAGE}.data.loader"]  # from . import DataError
+    assert graph[f"{PACKAGE}.convert.errors"] == set()  # the package's __init__ imports it first
+
+
+def test_convert_errors_are_re_exported_by_the_package():
+    from megatron_ultralong import convert
+    from megatron_ultralong.convert import errors
+    assert (convert.ConvertError, convert.VerificationError, convert.log) == \
+        (errors.ConvertError, errors.VerificationError, errors.log)
 
 
 def test_type_checking_imports_do_not_count_but_function_level_ones_do():
@@ -124,6 +137,22 @@ def test_type_checking_imports_do_not_count_but_function_level_ones_do():
 def test_find_cycle_reports_a_cycle_and_accepts_a_dag():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_explicit_import_of_an_ancestor_package_is_an_edge(tmp_path):
+    """``from . import Error`` in a submodule needs the package's __init__ to have run: with an __init__ that
+    imports the submodule, that is a cycle. ``from . import sibling`` and the implicit parent import are not."""
+    pkg = tmp_path / PACKAGE / "sub"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("class Error(Exception):\n    pass\nfrom .a import f\n")
+    (pkg / "a.py").write_text("from . import Error\nfrom . import b\nfrom .b import g\ndef f(): pass\n")
+    (pkg / "b.py").write_text("from . import a\ndef g(): pass\n")
+    graph = import_graph(_modules(tmp_path / PACKAGE))
+    sub = f"{PACKAGE}.sub"
+    assert graph[f"{sub}.a"] == {sub, f"{sub}.b"}
+    assert graph[f"{sub}.b"] == {f"{sub}.a"}
+    assert find_cycle(graph) == [sub, f"{sub}.a", sub]
 
 
 def test_package_import_graph_has_no_cycle():

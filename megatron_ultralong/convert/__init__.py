@@ -6,26 +6,9 @@
 
 Modules: docs/convert.md.
 """
-import sys
+from .errors import ConvertError, VerificationError, log
+from .hf import convert_hf_to_megatron, convert_megatron_to_hf
+from .verify import verify_hf_against_megatron
 
-
-class ConvertError(ValueError):
-    """A conversion that cannot be done as asked (unknown architecture, missing tensor, shape or layout mismatch).
-    The message is one line: what is wrong and how to fix it."""
-
-
-class VerificationError(ConvertError):
-    """The exported model's logits differ from the Megatron model's by more than the tolerance."""
-
-
-def log(msg: str, enabled: bool = True) -> None:
-    """A '[convert] ...' line on stderr (when ``enabled``)."""
-    if enabled:
-        print(f"[convert] {msg}", file=sys.stderr, flush=True)
-
-
-from .hf import convert_hf_to_megatron, convert_megatron_to_hf  # noqa: E402
-from .verify import verify_hf_against_megatron  # noqa: E402
-
-__all__ = ["ConvertError", "VerificationError", "convert_hf_to_megatron", "convert_megatron_to_hf",
+__all__ = ["ConvertError", "VerificationError", "convert_hf_to_megatron", "convert_megatron_to_hf", "log",
            "verify_hf_against_megatron"]

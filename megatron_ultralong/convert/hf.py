@@ -22,8 +22,8 @@ import torch
 
 from ..atomic import atomic_dir
 from ..config import DTYPE_NAMES, Config, DataConfig, ParallelConfig, validate
-from . import ConvertError, VerificationError, log
 from .assets import ASSETS_DIR, copy_assets, find_hf_assets, tokenizer_fallback
+from .errors import ConvertError, VerificationError, log
 from .hf_config import hf_config_from_model, hf_dtype, model_config_from_hf
 from .mapping import ArchTable, Dims, checkpoint_key, table_for_arch, table_for_hf_model_type
 from .megatron_io import checkpoint_names, conversion_model, load_unit, read_checkpoint_config, recorded_hf_vocab_size

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import rope
 from ..config import ModelConfig, YarnConfig, head_dim
-from . import ConvertError
+from .errors import ConvertError
 from .mapping import ArchTable, table_for_arch, table_for_hf_model_type
 
 # config.json key -> ModelConfig field, one-to-one both ways

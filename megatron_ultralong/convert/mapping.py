@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ..config import ModelConfig, head_dim
-from . import ConvertError
+from .errors import ConvertError
 
 LAYER_PREFIX = "decoder.layers."
 

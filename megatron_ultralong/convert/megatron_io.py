@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint import CheckpointError, read_meta
 from ..config import Config, ParallelConfig, YarnConfig, config_from_dict
-from . import ConvertError
+from .errors import ConvertError
 from .mapping import checkpoint_key, layer_name
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
-from . import ConvertError
+from .errors import ConvertError
 
 
 @contextlib.contextmanager

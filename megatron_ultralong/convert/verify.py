@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..config import Config, ParallelConfig, max_sequence_length
-from . import ConvertError, log
+from .errors import ConvertError, log
 from .megatron_io import read_checkpoint_config
 from .process_group import single_process
 
