@@ -11,7 +11,7 @@ import pytest
 
 from .helpers import PYTHON, REPO, clean_env, error_lines
 
-IMAGE = "nvcr.io#nvidia/pytorch:25.04-py3"
+IMAGE = "nvcr.io#nvidia/pytorch:25.11-py3"
 NODELIST = "gpu[007-038]" if shutil.which("scontrol") else "gpu007"  # expanding a range needs scontrol
 JOB_32_NODES = dict(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="32", SLURM_JOB_NODELIST=NODELIST,
                     SLURM_CPUS_ON_NODE="224")
