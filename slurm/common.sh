@@ -12,7 +12,7 @@
 #   ULTRALONG_ENV_SETUP         bare mode: a file sourced first on the batch node (module load, venv activate, ...)
 #   ULTRALONG_PYTHON            python of the environment on the nodes or in the image (default python3)
 #   ULTRALONG_RECIPE            a recipe (.yaml path or packaged name) in place of the stage's own; it runs as
-#                               the stage (gets the stage's train.run_dir and checkpoint.init_from)
+#                               the stage (gets the stage's train.run_dir; sft.sh's init_from too)
 #   ULTRALONG_SRUN_ARGS         extra srun options, space-separated (e.g. "--mpi=pmix --container-remap-root")
 #   ULTRALONG_MASTER_ADDR/PORT  torchrun rendezvous (default: the job's first node, port 29500 + job id % 10000)
 #   ULTRALONG_DRY_RUN=1         print the srun command instead of running it (works outside a job, too)

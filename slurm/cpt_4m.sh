@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sbatch slurm/cpt_4m.sh [section.key=value ...]
-# CPT 2M -> 4M tokens (recipe cpt_4m: tp 8 × cp 32 = 256 H100, 32 nodes). Starts from the 2M stage
-# (checkpoint.init_from=runs/cpt_2m/checkpoints unless you pass another one); writes runs/cpt_4m.
+# CPT 128K -> 4M tokens from Llama-3.1-8B-Instruct in one step (recipe cpt_4m: tp 8 × cp 32 = 256 H100, 32
+# nodes). Starts from the recipe's checkpoint.init_from (ckpt/llama31-8b, made by tools/convert_from_hf.py);
+# writes runs/cpt_4m. Chaining from the 2M stage instead: checkpoint.init_from=runs/cpt_2m/checkpoints.
 #SBATCH --job-name=ultralong-cpt-4m
 #SBATCH --nodes=32
 #SBATCH --ntasks-per-node=1
@@ -29,4 +30,4 @@ fi
 # shellcheck source=slurm/common.sh
 source "$ULTRALONG_HOME/slurm/common.sh"
 
-ultralong_train cpt_4m runs/cpt_4m "runs/cpt_2m/checkpoints" "$@"
+ultralong_train cpt_4m runs/cpt_4m "" "$@"

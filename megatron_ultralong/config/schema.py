@@ -65,7 +65,7 @@ class ModelConfig:
     fp8: Optional[str] = None
     """FP8 recipe on Hopper GPUs with Transformer Engine: None (off), 'hybrid' or 'e4m3'."""
     attention_backend: str = "auto"
-    """Core attention: 'auto' (TE on GPU if installed, else SDPA; local on CPU), 'te', 'sdpa' or 'local'."""
+    """Core attention: 'auto' (TE on a GPU where it is installed, else SDPA, on CPU too), 'te', 'sdpa' or 'local'."""
     from_checkpoint: bool = False
     """Take every model field the recipe and overrides do not state from checkpoint.init_from's saved config
     (fp8 and attention_backend stay this run's); the stated ones must agree with it (train/stage.py)."""
@@ -188,6 +188,11 @@ class TrainConfig:
     """'cpt' (continued pretraining on packed long documents) or 'sft' (assistant-only loss)."""
     max_steps: int = 10
     """Optimizer steps to run (global)."""
+    token_budget: Optional[int] = None
+    """Tokens to train on (padding excluded); when set it replaces train.max_steps, which the trainer derives once
+    the data is loaded: ceil(token_budget / (global_batch_size × data tokens per window)), the mean over the packed
+    SFT windows (CPT windows are full: data.seq_length), logged and saved in config.yaml. null: train.max_steps.
+    Not data.token_budget, which sizes a CPT mixture."""
     micro_batch_size: int = 1
     """Sequences per microbatch per data-parallel rank."""
     global_batch_size: int = 1

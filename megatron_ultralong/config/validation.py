@@ -172,9 +172,10 @@ def validate_data(cfg: Config, world_size: Optional[int] = None) -> None:
            f"data.separator_id={d.separator_id} is outside the vocabulary (0..{m.vocab_size - 1}); "
            f"use an unused special token id, or unset it to take the tokenizer's separator")
     max_len = y.target_length if y.enabled else m.max_position_embeddings
+    window = "yarn.target_length" if y.enabled else "model.max_position_embeddings"
     _check(d.seq_length <= max_len,
-           f"data.seq_length={d.seq_length} exceeds the model's window {max_len} "
-           f"({'yarn.target_length' if y.enabled else 'model.max_position_embeddings'}); raise it or shorten")
+           f"data.seq_length={d.seq_length} exceeds the model's window {max_len} ({window}); raise {window} or "
+           f"shorten data.seq_length to at most {max_len}")
     check_mixture_params(d)
     _one_of(d.synthetic, SYNTHETIC, "data.synthetic")
     _check(d.synthetic is not None or bool(d.paths),
@@ -197,6 +198,8 @@ def validate_train(cfg: Config, world_size: Optional[int] = None) -> None:
     _one_of(t.mode, MODES, "train.mode")
     _one_of(t.recompute, RECOMPUTE, "train.recompute")
     _positive(t, ["max_steps", "micro_batch_size", "global_batch_size", "log_interval"], "train")
+    _check(t.token_budget is None or t.token_budget > 0,
+           f"train.token_budget={t.token_budget}: must be > 0 tokens; null runs train.max_steps steps")
     _check(t.loss_chunk_size >= 0, f"train.loss_chunk_size={t.loss_chunk_size}: must be >= 0 (0 = unchunked)")
     if world_size is not None:
         dp = data_parallel_size(cfg.parallel, world_size)

@@ -115,6 +115,7 @@ class PackedSamplesSource:
         if not self.bins:
             raise DataError(f"no SFT sample fits a window of {self.width} tokens; raise data.seq_length")
         self.num_samples = len(lengths)
+        self.data_tokens = sum(int(lengths[i]) for b in self.bins for i in b)  # sample tokens in the windows
         self._order: Tuple[int, Optional[np.ndarray]] = (-1, None)
 
     def window(self, index: int) -> Window:
@@ -376,7 +377,8 @@ def _dali_iterator(dataset: SampleDataset, sampler: RankBatchSampler, threads: i
         yield out[0]
 
 
-def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_samples: int = 0) -> Iterator[dict]:
+def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_samples: int = 0, source=None
+                         ) -> Iterator[dict]:
     """Infinite iterator of micro-batches for this data-parallel rank. Each batch is a dict of tensors
     (CPU; CUDA when the DALI loader is used): tokens [b, s] int64, labels [b, s] int64 (next token), loss_mask
     [b, s] float32 (1 = counts), position_ids [b, s] int64, doc_ids [b, s] int32 (segment index of the packed
@@ -384,8 +386,8 @@ def build_train_iterator(cfg: Config, dp_rank: int, dp_size: int, consumed_sampl
     else 0..s-1). b = cfg.train.micro_batch_size, s = cfg.data.seq_length. Sample order is a function of
     (cfg.train.seed, global sample index); rank r of dp_size takes its share of each block of
     micro_batch_size·dp_size samples, so DP=N sees the same global batches as DP=1. ``consumed_samples`` =
-    global samples already consumed (resume)."""
-    source = build_source(cfg)
+    global samples already consumed (resume); ``source``: build_source(cfg), if the caller built it already."""
+    source = source if source is not None else build_source(cfg)
     dataset = SampleDataset(source, needs_document_masking(cfg))
     sampler = RankBatchSampler(consumed_samples, cfg.train.micro_batch_size, dp_rank, dp_size)
     if dp_rank == 0:

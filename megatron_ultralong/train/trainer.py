@@ -12,6 +12,7 @@ tokens (``finalize_model_grads`` with per-token loss), clipped, and applied by t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -23,7 +24,7 @@ import torch.distributed as dist
 
 from .. import cpu_shims
 from ..checkpoint import CheckpointError, find_latest, layout_summary, load_checkpoint, save_checkpoint
-from ..config import Config, checkpoint_dir, config_from_dict, dump_recipe
+from ..config import Config, ConfigError, checkpoint_dir, config_from_dict, dump_recipe
 from ..data.checks import check_data
 from ..model.builder import TORCH_DTYPES, build_model
 from ..parallel import destroy_distributed, init_distributed
@@ -132,6 +133,9 @@ class Trainer:
     """Builds everything a run needs from the recipe, in the recipe's order; ``train()`` runs the loop."""
 
     def __init__(self, cfg: Config):
+        self.t_start = time.perf_counter()
+        self.last_loss: Optional[float] = None
+        self.last_checkpoint: Optional[str] = None
         self.cfg = cfg
         check_data(cfg)  # data paths, tokenizer, separator, SFT schema: seconds, before any process group or model
         self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
@@ -141,6 +145,13 @@ class Trainer:
         self.ctx = init_distributed(cfg)  # validates cfg for this world size, builds TP/PP/CP/DP groups, seeds
         # Megatron seeds only its tracker streams; CPU-initialised weights draw from torch's default generator
         torch.manual_seed(cfg.train.seed)
+        from ..data.loader import build_source
+
+        self.source = build_source(cfg)  # before the schedule: train.token_budget sets train.max_steps from it
+        if cfg.train.token_budget:
+            steps, how = budget_steps(cfg, self.source)
+            cfg = self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
+            log(how)
         use_dist_opt, why_not = distributed_optimizer_choice(cfg)
         if why_not:
             log(why_not)
@@ -162,7 +173,8 @@ class Trainer:
         """Micro-batch iterator for this DP rank, starting after ``consumed_samples`` global samples."""
         from ..data.loader import build_train_iterator
 
-        return build_train_iterator(self.cfg, self.ctx.dp_rank, self.ctx.dp_size, consumed_samples=consumed_samples)
+        return build_train_iterator(self.cfg, self.ctx.dp_rank, self.ctx.dp_size, consumed_samples=consumed_samples,
+                                    source=self.source)
 
     def restore(self) -> Tuple[int, int]:
         """Resume from ``<checkpoint.dir>/latest`` if there is one, else load ``checkpoint.init_from`` weights,
@@ -197,7 +209,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def train(self) -> int:
-        """Run to ``train.max_steps``; returns EXIT_OK, or EXIT_PREEMPTED after a signal and a checkpoint."""
+        """Run to ``train.max_steps``; returns EXIT_OK, or EXIT_PREEMPTED after a signal and a checkpoint. Rank 0
+        prints a start-up summary first and an end-of-run summary last."""
+        for line in start_summary(self):
+            log(line)
+        code = self._train()
+        for line in end_summary(self, code):
+            log(line)
+        return code
+
+    def _train(self) -> int:
         cfg = self.cfg
         if self.step >= cfg.train.max_steps:
             log(f"already at step {self.step} >= train.max_steps={cfg.train.max_steps}; nothing to do")
@@ -208,6 +229,7 @@ class Trainer:
         interval = cfg.checkpoint.interval
         while self.step < cfg.train.max_steps:
             record = self.train_step()
+            self.last_loss = record["loss"]
             self.metrics.write(record)
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"loss is {record['loss']} at step {self.step}; stopping (resume from the "
@@ -268,6 +290,7 @@ class Trainer:
         path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.cfg, self.optimizer, self.schedule,
                                extra={"consumed_samples": self.consumed_samples})
         log(f"saved {path} in {time.perf_counter() - t0:.1f}s")
+        self.last_checkpoint = path
         return path
 
     def close(self) -> None:
@@ -285,3 +308,87 @@ def _rope_name(cfg: Config) -> str:
         return f"yarn x{resolved_yarn_factor(cfg.yarn):g}"
     m = cfg.model
     return m.rope_type if m.rope_type == "default" else f"{m.rope_type} x{m.rope_factor:g}"
+
+
+def budget_steps(cfg: Config, source) -> Tuple[int, str]:
+    """(train.max_steps for train.token_budget on this data, the line that says how): ceil(budget / (global batch ×
+    data tokens per window)), in integers; SFT windows hold source.data_tokens over len(source.bins) windows
+    (padding excluded), other windows are full. A function of the data and the recipe only: a resume derives the
+    same steps."""
+    t, seq = cfg.train, cfg.data.seq_length
+    tokens, windows = (source.data_tokens, len(source.bins)) if hasattr(source, "data_tokens") else (seq, 1)
+    tokens = min(tokens, seq * windows)
+    steps = max(1, -(-t.token_budget * windows // (t.global_batch_size * tokens)))
+    if steps < cfg.optim.lr_warmup_steps:
+        raise ConfigError(f"train.token_budget={t.token_budget} gives {steps} steps, fewer than "
+                          f"optim.lr_warmup_steps={cfg.optim.lr_warmup_steps}; raise the budget or lower the warmup")
+    return steps, (f"train.max_steps={steps} from train.token_budget={t.token_budget:,}: {windows:,} window(s) hold "
+                   f"{tokens:,} data tokens ({tokens / windows:,.1f} of {seq:,} per window), so ceil(budget / "
+                   f"({t.global_batch_size} × {tokens / windows:,.1f})) = {steps} steps "
+                   f"(the recipe's train.max_steps={t.max_steps} is replaced)")
+
+
+def _chat_template(cfg: Config) -> str:
+    """The chat template SFT samples are encoded with, resolved ('auto' -> the tokenizer's or llama3)."""
+    d = cfg.data
+    if d.synthetic is not None:
+        return f"none (data.synthetic={d.synthetic})"
+    if not all(p.endswith((".jsonl", ".json")) for p in d.paths):
+        return "applied by tools/preprocess_data.py chat (preprocessed prefixes)"
+    if d.chat_template != "auto":
+        return d.chat_template
+    from ..data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(d.tokenizer, d.separator_id)
+    return "hf (the tokenizer's own chat template)" if tok.chat_template else "llama3 (built-in)"
+
+
+def start_summary(trainer: "Trainer") -> List[str]:
+    """The start-up summary: layout, steps and tokens, data (mixture size, windows per epoch), separator or chat
+    template, attention backend, rotary."""
+    from ..config import needs_document_masking
+    from ..model.specs import core_attention_kind, resolve_attention_backend
+
+    cfg, t, ctx = trainer.cfg, trainer.cfg.train, trainer.ctx
+    backend = resolve_attention_backend(cfg.model)
+    kind = core_attention_kind(backend, needs_document_masking(cfg))
+    total = t.max_steps * t.global_batch_size * cfg.data.seq_length
+    lines = [f"start: train.mode={t.mode}, world {ctx.world_size} (tp{cfg.parallel.tp}·pp{cfg.parallel.pp}·"
+             f"cp{cfg.parallel.cp}·dp{ctx.dp_size}), {t.max_steps} steps × {t.global_batch_size} × "
+             f"{cfg.data.seq_length:,} tokens = {total:,} tokens ({total / 1e9:.2f}B)"
+             + (f" (train.token_budget={t.token_budget:,})" if t.token_budget else "") + f", run dir {t.run_dir}",
+             f"data: {trainer.source.describe()}"]
+    if t.mode == "sft":
+        lines.append(f"chat template: {_chat_template(cfg)}")
+    else:
+        sep = getattr(trainer.source, "separator", None)
+        ids = list(getattr(trainer.source, "sep_ids", None) or [i for i in [cfg.data.separator_id] if i is not None])
+        lines.append(f"separator: {sep.describe()}" if sep is not None else f"separator ids: {ids or 'none'}")
+    lines.append(f"attention: {backend} (model.attention_backend={cfg.model.attention_backend})"
+                 + (f", {kind} for the document-masked layers" if kind != backend else "")
+                 + f"; rotary {_rope_name(cfg)}, {cfg.model.max_position_embeddings:,} positions")
+    return lines
+
+
+def end_summary(trainer: "Trainer", code: int) -> List[str]:
+    """The end-of-run summary: time, final loss, checkpoint, and the command to run next."""
+    cfg = trainer.cfg
+    elapsed = time.perf_counter() - trainer.t_start
+    h, rem = divmod(int(elapsed), 3600)
+    loss = f"{trainer.last_loss:.4f}" if trainer.last_loss is not None else "n/a (no step run)"
+    ckpt = trainer.last_checkpoint or find_latest(trainer.ckpt_dir) or "none"
+    lines = [f"end: step {trainer.step}/{cfg.train.max_steps} in {h}h{rem // 60:02d}m{rem % 60:02d}s, final loss "
+             f"{loss}, checkpoint {ckpt}"]
+    if code == EXIT_PREEMPTED:
+        lines.append("next: run the same command again; it resumes from "
+                     f"{os.path.join(trainer.ckpt_dir, 'latest')}")
+        return lines
+    name = os.path.basename(os.path.normpath(cfg.train.run_dir))
+    export = f"python tools/convert_to_hf.py --ckpt {trainer.ckpt_dir} --out hf/{name} --verify"
+    if cfg.train.mode == "cpt":
+        lines.append(f"next: sbatch slurm/sft.sh checkpoint.init_from={trainer.ckpt_dir} data.paths=[<chat jsonl>] "
+                     f"data.tokenizer={cfg.data.tokenizer or '<tokenizer>'} train.run_dir=runs/sft_{name} "
+                     f"(SFT), or export it: {export}")
+    else:
+        lines.append(f"next: {export}")
+    return lines

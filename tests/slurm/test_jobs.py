@@ -1,6 +1,7 @@
 """slurm/*.sh on a real SLURM (tests/slurm/cluster.sh), submitted as users submit them, with the GPU directives
 overridden for this CPU node and the toy_cpt recipe: the preemption cycle with the stub trainer and with the real
-one (python -m megatron_ultralong.train), a 1M -> 2M chain with --dependency=afterok, and bad input."""
+one (python -m megatron_ultralong.train), a 1M -> 2M chain (the documented override) with --dependency=afterok,
+and bad input."""
 import json
 import re
 import subprocess
@@ -22,8 +23,9 @@ def test_stub_job_preempted_by_usr1_saves_requeues_and_finishes_then_afterok_sta
     stub = dict(STUB, ULTRALONG_NPROC_PER_NODE="2", STUB_STEP_SECONDS="0.2")
     job = submit("cpt_1m.sh", tmp_path, ["train.max_steps=6", "train.micro_batch_size=1"], **stub,
                  STUB_WAIT_AT_STEP="2")
-    # the next stage waits through the requeue; it would fail at once without runs/cpt_1m/checkpoints
-    after = submit("cpt_2m.sh", tmp_path, ["train.max_steps=2", "train.micro_batch_size=1"], **stub,
+    # the next stage waits through the requeue (chained: it would fail at once without runs/cpt_1m/checkpoints)
+    after = submit("cpt_2m.sh", tmp_path, ["checkpoint.init_from=runs/cpt_1m/checkpoints", "train.max_steps=2",
+                                           "train.micro_batch_size=1"], **stub,
                    sbatch_args=[f"--dependency=afterok:{job.id}"])
     job.wait_for_log("stub rank 1: waiting for a signal at step 2")
     preempt(job)
@@ -73,9 +75,10 @@ def test_real_trainer_job_preempted_requeues_and_resumes_to_max_steps(tmp_path):
 
 
 def test_stage_chain_with_afterok_dependency(tmp_path):
-    """docs/slurm.md's chain: cpt_2m.sh waits for cpt_1m.sh and starts from its checkpoints."""
+    """docs/slurm.md's chaining override: cpt_2m.sh waits for cpt_1m.sh and starts from its checkpoints."""
     first = submit("cpt_1m.sh", tmp_path, ["train.max_steps=3", "train.tensorboard=false"])
-    second = submit("cpt_2m.sh", tmp_path, ["train.max_steps=2", "train.tensorboard=false"],
+    second = submit("cpt_2m.sh", tmp_path, ["checkpoint.init_from=runs/cpt_1m/checkpoints", "train.max_steps=2",
+                                            "train.tensorboard=false"],
                     sbatch_args=[f"--dependency=afterok:{first.id}"])
     assert first.wait() == 0, first.log()
     assert second.wait() == 0, second.log()
@@ -85,12 +88,13 @@ def test_stage_chain_with_afterok_dependency(tmp_path):
     assert metrics_steps(tmp_path / "runs/cpt_2m") == [1, 2]
 
 
-@pytest.mark.parametrize("script, env, message", [
-    ("cpt_1m.sh", {"ULTRALONG_RECIPE": "no_such_recipe"}, "error: recipe 'no_such_recipe' not found"),
-    ("cpt_2m.sh", {}, "error: checkpoint.init_from=runs/cpt_1m/checkpoints: no such directory"),  # no 1M stage
+@pytest.mark.parametrize("script, env, extra, message", [
+    ("cpt_1m.sh", {"ULTRALONG_RECIPE": "no_such_recipe"}, [], "error: recipe 'no_such_recipe' not found"),
+    ("cpt_2m.sh", {}, ["checkpoint.init_from=runs/cpt_1m/checkpoints"],  # chained, but there is no 1M stage
+     "error: checkpoint.init_from=runs/cpt_1m/checkpoints: no such directory"),
 ])
-def test_bad_input_fails_the_job_with_one_error_line_and_no_requeue(tmp_path, script, env, message):
-    job = submit(script, tmp_path, ["train.max_steps=2"], **env)
+def test_bad_input_fails_the_job_with_one_error_line_and_no_requeue(tmp_path, script, env, extra, message):
+    job = submit(script, tmp_path, [*extra, "train.max_steps=2"], **env)
     assert job.wait() == 2, job.log()
     errors = error_lines(job.log())
     assert len(errors) == 1 and errors[0].startswith(message), job.log()

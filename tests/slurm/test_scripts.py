@@ -75,8 +75,8 @@ def test_bare_mode_srun_command_with_extra_srun_args(tmp_path):
 
 STAGE_DEFAULTS = [
     ("cpt_1m.sh", "cpt_1m", "runs/cpt_1m", None),  # a replacement recipe keeps its own init_from
-    ("cpt_2m.sh", "cpt_2m", "runs/cpt_2m", "runs/cpt_1m/checkpoints"),
-    ("cpt_4m.sh", "cpt_4m", "runs/cpt_4m", "runs/cpt_2m/checkpoints"),
+    ("cpt_2m.sh", "cpt_2m", "runs/cpt_2m", None),  # every CPT stage starts from ckpt/llama31-8b (cpt_base)
+    ("cpt_4m.sh", "cpt_4m", "runs/cpt_4m", None),
     ("sft.sh", "sft", "runs/sft_4m", "runs/cpt_4m/checkpoints"),
 ]
 
