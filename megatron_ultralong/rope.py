@@ -12,7 +12,16 @@ from typing import Tuple
 
 import torch
 
-from .config import ConfigError, ModelConfig, YarnConfig, check_rope_head_dim
+from .config import (
+    ConfigError,
+    ModelConfig,
+    YarnConfig,
+    check_rope_head_dim,
+    check_yarn_betas,
+    check_yarn_factor,
+    check_yarn_original,
+    check_yarn_target,
+)
 from .config import head_dim as _head_dim
 
 
@@ -60,12 +69,7 @@ def yarn_scale_factor(target_length: int, original_max_position_embeddings: int)
 
     1M / 2M / 4M over 8192 give 128 / 256 / 512.
     """
-    _check(original_max_position_embeddings > 0,
-           f"yarn.original_max_position_embeddings={original_max_position_embeddings}: must be > 0 "
-           f"(8192 for Llama-3.1)")
-    _check(target_length >= original_max_position_embeddings,
-           f"yarn.target_length={target_length} is below yarn.original_max_position_embeddings="
-           f"{original_max_position_embeddings}: YaRN extends, it does not shrink; raise target_length")
+    check_yarn_target(target_length, original_max_position_embeddings)
     return target_length / original_max_position_embeddings
 
 
@@ -87,11 +91,9 @@ def yarn_ramp_bounds(head_dim: int, rope_theta: float, original_max_position_emb
 def yarn_inv_freq(head_dim: int, rope_theta: float, factor: float, original_max_position_embeddings: int,
                   beta_fast: float = 4.0, beta_slow: float = 1.0, truncate: bool = True) -> torch.Tensor:
     """YaRN inverse frequencies [head_dim // 2] (α = ``beta_slow``, β = ``beta_fast``; docs/yarn.md)."""
-    _check(factor > 0, f"yarn.factor={factor}: must be > 0, or unset to derive target_length / original")
-    _check(beta_fast > beta_slow > 0,
-           f"yarn.beta_fast={beta_fast} must be > yarn.beta_slow={beta_slow} > 0 (the recipe uses 4 and 1)")
-    _check(original_max_position_embeddings > 0,
-           f"yarn.original_max_position_embeddings={original_max_position_embeddings}: must be > 0")
+    check_yarn_factor(factor)
+    check_yarn_betas(beta_fast, beta_slow)
+    check_yarn_original(original_max_position_embeddings)
     check_rope_head_dim(head_dim)
     # the reference's exact float32 operations (transformers' _compute_yarn_parameters), so the frequencies are
     # bit-identical to the served model's: 1 / (s·θ^(2i/d)), not (1 / θ^(2i/d)) / s
@@ -112,7 +114,7 @@ def yarn_attention_factor(factor: float, mscale: float = 1.0, mscale_all_dim: fl
 
     With ``mscale_all_dim`` ≠ 0 (DeepSeek convention) the ratio m(mscale) / m(mscale_all_dim).
     """
-    _check(factor > 0, f"yarn.factor={factor}: must be > 0")
+    check_yarn_factor(factor)
 
     def m(x: float) -> float:
         return 1.0 if factor <= 1 else 0.1 * x * math.log(factor) + 1.0
@@ -123,10 +125,8 @@ def yarn_attention_factor(factor: float, mscale: float = 1.0, mscale_all_dim: fl
 def resolved_yarn_factor(yarn: YarnConfig) -> float:
     """The YaRN scale factor of a config: the explicit ``yarn.factor``, else target_length / original."""
     if yarn.factor is not None:
-        _check(yarn.factor > 0, f"yarn.factor={yarn.factor}: must be > 0, or unset to derive it")
+        check_yarn_factor(yarn.factor)
         return float(yarn.factor)
-    _check(yarn.target_length is not None,
-           "yarn.target_length is not set: give the extended context in tokens, e.g. yarn.target_length=1048576")
     return yarn_scale_factor(yarn.target_length, yarn.original_max_position_embeddings)
 
 

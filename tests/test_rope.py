@@ -138,6 +138,33 @@ def test_bad_yarn_settings_raise_config_error(overrides, message):
         rope.inv_freq_and_attention_factor(ModelConfig(), yarn)
 
 
+def _message(fn, *args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn(*args, **kwargs)
+    return str(err.value)
+
+
+def _validate(**yarn):
+    from megatron_ultralong.config import validate_yarn
+    validate_yarn(YarnConfig(**{"enabled": True, "target_length": 1 << 20, **yarn}), ModelConfig())
+
+
+@pytest.mark.parametrize("rope_call,yarn", [
+    (lambda: rope.yarn_inv_freq(128, 5e5, 0.0, 8192), dict(factor=0.0)),
+    (lambda: rope.yarn_attention_factor(0.0), dict(factor=0.0)),
+    (lambda: rope.resolved_yarn_factor(YarnConfig(enabled=True, target_length=1 << 20, factor=0.0)), dict(factor=0.0)),
+    (lambda: rope.yarn_scale_factor(4096, 8192), dict(target_length=4096)),
+    (lambda: rope.yarn_scale_factor(1 << 20, 0), dict(original_max_position_embeddings=0)),
+    (lambda: rope.yarn_inv_freq(128, 5e5, 4.0, 0), dict(original_max_position_embeddings=0)),
+    (lambda: rope.resolved_yarn_factor(YarnConfig(enabled=True)), dict(target_length=None)),
+    (lambda: rope.yarn_inv_freq(128, 5e5, 4.0, 8192, beta_fast=1.0, beta_slow=4.0), dict(beta_fast=1.0, beta_slow=4.0)),
+    (lambda: rope.yarn_inv_freq(128, 5e5, 4.0, 8192, beta_fast=4.0, beta_slow=0.0), dict(beta_slow=0.0)),
+])
+def test_rope_math_and_validate_yarn_reject_a_setting_with_the_same_message(rope_call, yarn):
+    """One home per YaRN rule (config/validation.py): the RoPE functions raise exactly what validate_yarn does."""
+    assert _message(rope_call) == _message(_validate, **yarn)
+
+
 def test_odd_head_dim_raises_config_error():
     with pytest.raises(ConfigError, match="head dim 63 .* odd"):
         rope.inv_freq_and_attention_factor(ModelConfig(kv_channels=63), YarnConfig(enabled=True, target_length=16384))

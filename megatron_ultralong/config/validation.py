@@ -1,5 +1,5 @@
 """Checking a recipe once, before any process group starts: one function per section, plus the rules that other
-modules apply to runtime values too (CP sequence length, a2a head split, RoPE head dim, mixture parameters).
+modules apply to runtime values too (CP sequence length, a2a head split, RoPE head dim, mixture parameters, YaRN).
 
     validate(cfg, world_size=8)      # raises ConfigError with a one-line, actionable message; returns cfg
 """
@@ -7,9 +7,30 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
-                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, Config, ConfigError, DataConfig,
-                     ModelConfig, ParallelConfig, YarnConfig, data_parallel_size, head_dim, heads_per_tp_rank)
+from .schema import (
+    ARCHS,
+    ATTENTION_BACKENDS,
+    BACKENDS,
+    CHAT_TEMPLATES,
+    CP_COMM_TYPES,
+    DTYPE_NAMES,
+    FP8_RECIPES,
+    LOADERS,
+    MODES,
+    RECOMPUTE,
+    ROPE_TYPES,
+    SCHEDULES,
+    SYNTHETIC,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ParallelConfig,
+    YarnConfig,
+    data_parallel_size,
+    head_dim,
+    heads_per_tp_rank,
+)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -81,23 +102,43 @@ def check_mixture_params(params, prefix: str = "data.", error: type = ConfigErro
                     f"data with the sampling weights")
 
 
+def check_yarn_original(original_max_position_embeddings: int) -> None:
+    """YaRN's original window (the pre-extension pretraining length) is positive."""
+    _check(original_max_position_embeddings > 0,
+           f"yarn.original_max_position_embeddings={original_max_position_embeddings}: must be > 0 "
+           f"(8192 for Llama-3.1)")
+
+
+def check_yarn_target(target_length: Optional[int], original_max_position_embeddings: int) -> None:
+    """YaRN extends: target_length is set and at least the (positive) original window."""
+    _check(target_length is not None,
+           "yarn.target_length is not set: give the extended context in tokens, e.g. yarn.target_length=1048576")
+    check_yarn_original(original_max_position_embeddings)
+    _check(target_length >= original_max_position_embeddings,
+           f"yarn.target_length={target_length} is below yarn.original_max_position_embeddings="
+           f"{original_max_position_embeddings}: YaRN extends, it does not shrink; raise target_length")
+
+
+def check_yarn_factor(factor: float) -> None:
+    """An explicit YaRN scale factor is > 0 (an unset yarn.factor is derived, and not checked here)."""
+    _check(factor > 0, f"yarn.factor={factor}: must be > 0, or unset to derive target_length / original")
+
+
+def check_yarn_betas(beta_fast: float, beta_slow: float) -> None:
+    """The YaRN ramp's rotation counts: beta_fast > beta_slow > 0 (α = beta_slow, β = beta_fast)."""
+    _check(beta_fast > beta_slow,
+           f"yarn.beta_fast={beta_fast} must be > yarn.beta_slow={beta_slow} (the recipe uses 4 and 1)")
+    _check(beta_slow > 0, f"yarn.beta_slow={beta_slow}: must be > 0 (the recipe uses 1)")
+
+
 def validate_yarn(yarn: YarnConfig, model: ModelConfig) -> None:
     """YaRN settings; also used by the rotary module when built outside a recipe (RoPE math checks the head dim)."""
     if not yarn.enabled:
         return
-    _check(yarn.target_length is not None,
-           "yarn.target_length is not set: give the extended context in tokens, e.g. yarn.target_length=1048576")
-    _check(yarn.original_max_position_embeddings > 0,
-           f"yarn.original_max_position_embeddings={yarn.original_max_position_embeddings}: must be > 0 "
-           f"(8192 for Llama-3.1)")
-    _check(yarn.target_length >= yarn.original_max_position_embeddings,
-           f"yarn.target_length={yarn.target_length} is below yarn.original_max_position_embeddings="
-           f"{yarn.original_max_position_embeddings}: YaRN extends, it does not shrink; raise target_length")
-    _check(yarn.factor is None or yarn.factor > 0,
-           f"yarn.factor={yarn.factor}: must be > 0, or unset to derive target_length / original")
-    _check(yarn.beta_fast > yarn.beta_slow,
-           f"yarn.beta_fast={yarn.beta_fast} must be > yarn.beta_slow={yarn.beta_slow} (the recipe uses 4 and 1)")
-    _check(yarn.beta_slow > 0, f"yarn.beta_slow={yarn.beta_slow}: must be > 0 (the recipe uses 1)")
+    check_yarn_target(yarn.target_length, yarn.original_max_position_embeddings)
+    if yarn.factor is not None:
+        check_yarn_factor(yarn.factor)
+    check_yarn_betas(yarn.beta_fast, yarn.beta_slow)
     _check(yarn.mscale > 0, f"yarn.mscale={yarn.mscale}: must be > 0 (1 is plain YaRN)")
 
 
