@@ -4,8 +4,9 @@
     torchrun --nproc-per-node 2 -m megatron_ultralong.train --config toy_cpt parallel.tp=2
     python -m megatron_ultralong.train --help-config                                   # every recipe key
 
-Exit codes: 0 done, 75 preempted after a checkpoint, 2 bad input (one line), 1 else; rank 0 also writes
-``<run_dir>/exit_status.json`` because torchrun reports every worker failure as 1 (docs/training.md).
+Exit codes: 0 done, 75 preempted after a checkpoint, 2 bad input (one line, from rank 0 only), 1 else; rank 0 also
+writes ``<run_dir>/exit_status.json`` (bad input included) because torchrun reports every worker failure as 1:
+launch/torchrun.sh turns it back into the trainer's code (docs/training.md).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import warnings
 from ..atomic import atomic_path
 from ..checkpoint import CheckpointError
 from ..cli import OneLineParser, bad_input
-from ..config import ConfigError, describe, validate
-from . import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
+from ..config import ConfigError, absolute_paths, describe, load_recipe, validate
+from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
 from .preflight import preflight
 from .stage import load_training_config
 
@@ -32,14 +33,35 @@ def _route_library_chatter_to_stdout() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="[%(name)s] %(levelname)s %(message)s")
 
 
-def _write_exit_status(run_dir: str, code: int, reason: str, step) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _write_exit_status(run_dir, code: int, reason: str, step) -> None:
+    if _rank() != 0 or not run_dir:
         return
     try:  # atomically: a launcher reading it never sees half a file
+        os.makedirs(run_dir, exist_ok=True)  # a bad command line may stop before the run dir is made
         with atomic_path(os.path.join(run_dir, "exit_status.json")) as tmp, open(tmp, "w") as f:
             json.dump({"code": code, "reason": reason, "step": step}, f)
     except OSError:
         pass  # the run dir may be the very thing that is broken; the exit code still says it
+
+
+def _run_dir_of(recipe: str, overrides) -> str | None:
+    """train.run_dir of a command line whose config failed to load or validate (None when even that fails)."""
+    try:
+        return absolute_paths(load_recipe(recipe, overrides)).train.run_dir
+    except Exception:
+        return None
+
+
+def _bad_input(error, run_dir) -> int:
+    """Every rank finds the same bad input: rank 0 prints the one line and records it; returns EXIT_BAD_INPUT."""
+    if _rank() == 0:
+        bad_input(error)
+    _write_exit_status(run_dir, EXIT_BAD_INPUT, f"bad input: {error}", None)
+    return EXIT_BAD_INPUT
 
 
 def main(argv=None) -> int:
@@ -60,7 +82,7 @@ def main(argv=None) -> int:
         cfg = validate(load_training_config(args.config, args.overrides))  # world size: init_distributed
         preflight(cfg)
     except (ConfigError, CheckpointError) as e:
-        return bad_input(e)
+        return _bad_input(e, _run_dir_of(args.config, args.overrides))
 
     _route_library_chatter_to_stdout()
     from .trainer import Trainer
@@ -72,7 +94,9 @@ def main(argv=None) -> int:
         code = trainer.train()
         reason = {EXIT_OK: "finished", EXIT_PREEMPTED: f"preempted ({trainer.preemption.received or 'peer'})"}[code]
     except (ConfigError, CheckpointError) as e:
-        code, reason = bad_input(e), f"bad input: {e}"
+        code, reason = EXIT_BAD_INPUT, f"bad input: {e}"
+        if _rank() == 0:
+            bad_input(e)
     except Exception:
         traceback.print_exc()
         code = EXIT_FAILED

@@ -3,6 +3,7 @@
     preflight(cfg)                 # the trainer's: writable run/checkpoint dirs, an existing init_from
     check_init_from(cfg)           # CheckpointError unless init_from is a checkpoint (or the run resumes)
     python launch/preflight.py --world-size 256 --config cpt_2m train.max_steps=10     # main(): prints the run dir
+                                   # (main() also runs data.checks.check_data: paths, tokenizer, SFT schema)
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                                       stated_keys(args.config, args.overrides), stated_keys(None, args.overrides))
         cfg = validate(cfg, world_size=args.world_size)
         check_init_from(cfg)
+        from ..data.checks import check_data
+
+        check_data(cfg)  # before any worker starts: one line here, not one per rank
     except (ConfigError, CheckpointError) as e:
         return bad_input(e)
     print(cfg.train.run_dir)
