@@ -187,3 +187,11 @@ def test_readme_describes_the_recipe_the_code_runs():
     assert "Stages chain" not in recipe and "dedicated separator" not in recipe
     assert '`"<s>"`' in recipe and "~1B tokens" in recipe and "in one step" in recipe
     assert "Megatron-Core's local layer spec" not in text  # CPU runs SDPA (model.attention_backend=auto)
+
+
+def test_a_window_too_short_for_seq_length_says_what_to_raise_or_shorten():
+    from megatron_ultralong.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\(yarn.target_length\); raise yarn.target_length or shorten "
+                                          r"data.seq_length to at most 256$"):
+        validate(load_recipe("toy_cpt", ["data.seq_length=512"]), world_size=1)
