@@ -6,21 +6,7 @@
     write_mixture(mix, "data/cpt_mix.json")     # + cpt_mix.draws.npy, cpt_mix.report.json, cpt_mix.png
     print(report_table(mix.report))
 
-The recipe (UltraLong, Xu et al. 2025): within each source, documents shorter than ``short_threshold`` tokens get
-sampling weight ``short_keep_ratio`` (< 1: down-sampled), documents longer than ``long_threshold`` get
-``long_upsample`` (> 1: repeated), the rest weight 1. Each source keeps its share of the corpus's tokens ("domain
-balance"): source s gets ``budget · T_s / T`` tokens, so its weights are scaled by one factor
-``scale_s = budget_s / Σ_d w_d·len_d``; the expected number of copies of document d is ``scale_s · w_d``.
-``token_budget`` None means budget = Σ_s Σ_d w_d·len_d (one pass with the weights). The budget counts document
-tokens; packing adds one separator per document on top.
-
-Copies are realised deterministically from the seed: ``floor(rate)`` copies of every document of a (source,
-length bucket) group, plus one more for a subset drawn per document with probability ``rate - floor(rate)``
-(independent of its length) and topped up exactly, so each group's tokens match ``rate × tokens`` to within half a
-document (docs/data.md, "The CPT mixture").
-
-A mixture on disk is ``<name>.json`` (sources, parameters, report) + ``<name>.draws.npy`` (int64 [M, 2]: source
-index, document index — one row per copy, grouped; the loader shuffles them per epoch).
+The weights, the domain balance, the seeded copy selection and the files: docs/data.md, "The CPT mixture".
 """
 from __future__ import annotations
 
@@ -185,7 +171,7 @@ def _histogram(lengths: np.ndarray, counts: Optional[np.ndarray] = None) -> List
 
 def build_mixture(sources: Sequence[Tuple[str, str]], params: MixtureParams,
                   lengths: Optional[Sequence[np.ndarray]] = None, separator: Optional[dict] = None) -> Mixture:
-    """Sample documents of each (name, prefix) source per the module docstring. ``lengths`` (document lengths
+    """Sample documents of each (name, prefix) source (docs/data.md, "The CPT mixture"). ``lengths`` (document lengths
     per source) skips reading the ``.idx`` files — for tests and callers that have them already. ``separator``
     (``Separator.as_dict()``) goes into the report; None takes the default data.separator's encoding from the
     sources' summary.json, when it is recorded there."""
