@@ -1,24 +1,8 @@
 """The toy end-to-end job behind `make demo` (CPU is fine, about a minute):  python -m megatron_ultralong.demo
 
-The whole recipe at toy scale, every step through the same code the real stages use:
-
-1. data     a synthetic multi-source corpus (web, books, code, math; nothing downloaded) -> a small sentencepiece
-            tokenizer (with the dedicated separator) -> Megatron indexed datasets (2 workers) -> the CPT mixture:
-            short documents down-sampled, long ones up-sampled, per source (thresholds scaled to the toy window;
-            the paper's are 4K / 8K tokens).
-2. CPT      a tiny Llama extended with YaRN from 64 to 256 tokens (factor 4, alpha=1, beta=4, temperature
-            applied) on that mixture, checkpointing every 10 steps. A simulated SLURM preemption (SIGUSR1)
-            mid-run: the trainer finishes its step, saves and exits 75; the same command again resumes from
-            'latest' and finishes (exit 0).
-3. export   Megatron checkpoint -> Hugging Face folder (safetensors + config.json with rope_scaling yarn);
-            --verify: transformers' logits equal the Megatron model's at the full 256 tokens (above the 64-token
-            original window, so the YaRN frequencies and temperature are both checked).
-4. eval     on the exported model with transformers: perplexity vs context length on held-out documents, and
-            passkey needle-in-a-haystack over lengths x depths, with a heatmap. A 40-step toy model has never seen an instruction: its accuracy is expected to be ~0.
-            This step shows the evaluation runs end to end; the number that matters (100 %) is the real model's.
-
-Everything goes to ``demo_out/`` (``--out`` to change it); a previous demo's output there is replaced.
-``demo_out/summary.json`` records what happened (written last).
+Synthetic data -> CPT mixture (documents joined by the text "<s>") -> YaRN CPT with a simulated preemption and
+resume -> Hugging Face export verified by logits -> passkey NIAH and perplexity. Output in ``demo_out/``
+(``--out``), replaced on each run; ``summary.json`` is written last. The steps: docs/training.md, "The toy demo".
 """
 from __future__ import annotations
 
@@ -137,10 +121,9 @@ def export(ckpt: Path, hf_dir: Path, seq_len: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ 4. eval
 def evaluate(hf_dir: Path, tokenizer_path: str, out_dir: Path, target: int) -> dict:
+    import numpy as np
     import torch
     import transformers
-
-    import numpy as np
 
     from .data.synthetic import synthetic_documents, write_jsonl
     from .data.tokenizer import load_tokenizer

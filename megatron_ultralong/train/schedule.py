@@ -4,14 +4,7 @@
     sched.apply(optimizer, step)            # before optimizer.step() of step `step` (1-based)
     lr_at(cfg.optim, cfg.train.max_steps, step)
 
-Step convention (why no step is wasted): optimizer step ``s`` (1-based, s = 1..max_steps) uses
-
-    warmup (s <= W):  lr · s / W                     first step already moves, step W is at peak
-    decay  (s >  W):  min_lr + (lr − min_lr) · c(p),  p = (s − W) / (max_steps − W + 1)  in (0, 1)
-
-with c(p) = ½(1 + cos πp) (cosine), 1 − p (linear) or 1 (constant). The decay never reaches min_lr exactly
-inside the run, so with ``min_lr = 0`` the last step still trains. The LR is a pure function of the step, so a
-resumed run gets exactly the LR it would have had: the schedule's "state" is only its settings.
+A pure function of the step (resume gets the same LR); the formula: docs/training.md, "Learning-rate schedule".
 """
 from __future__ import annotations
 
