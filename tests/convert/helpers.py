@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,12 +18,6 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             vocab_size=512, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0)
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
-
-REAL_ROTARY = importlib.util.find_spec("megatron_ultralong.rope") is not None
-needs_real_rotary = pytest.mark.skipif(
-    not REAL_ROTARY,
-    reason="needs megatron_ultralong/rope.py + model/rotary.py (YaRN / llama3 RoPE); the stand-in has plain RoPE")
-
 
 def tiny_hf_model(arch: str = "llama", seed: int = 0, **overrides):
     """A transformers causal LM of TINY shape whose every weight is random (norms too: a swapped norm shows)."""

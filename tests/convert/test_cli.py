@@ -7,8 +7,7 @@ import pytest
 import torch
 import transformers
 
-from tests.convert.helpers import (TINY, in_child, needs_real_rotary, read_hf_tensors, read_json, run_tool, save_hf,
-                                   to_hf, to_megatron)
+from tests.convert.helpers import TINY, in_child, read_hf_tensors, read_json, run_tool, save_hf, to_hf, to_megatron
 from tests.dist import run_ranks
 from tests.train.helpers import allow_child_processes, toy_cfg
 
@@ -124,7 +123,6 @@ def test_yarn_cpt_run_exports_rope_scaling_yarn_and_the_base_models_tokenizer(cp
                            base["model.layers.0.self_attn.q_proj.weight"])  # the trained weights, not the base's
 
 
-@needs_real_rotary
 def test_yarn_cpt_run_export_verifies_beyond_the_original_window(cpt_run, tmp_path):
     p = run_tool("convert_to_hf.py", "--ckpt", cpt_run / "run" / "checkpoints", "--out", tmp_path / "hf", "--verify")
     assert p.returncode == 0, p.stderr

@@ -12,7 +12,6 @@ from megatron_ultralong.config import YarnConfig, head_dim, load_recipe
 from megatron_ultralong.convert import ConvertError
 from megatron_ultralong.convert.hf_config import default_attention_factor, hf_config_from_model, model_config_from_hf
 from megatron_ultralong.rope import yarn_attention_factor
-from tests.convert.helpers import needs_real_rotary
 
 # config.json of meta-llama/Llama-3.1-8B-Instruct and Qwen/Qwen2-7B-Instruct as published
 LLAMA31_8B = {
@@ -163,7 +162,6 @@ def test_unsupported_configs_are_refused_with_the_offending_field(change, messag
         model_config_from_hf({**LLAMA31_8B, **change})
 
 
-@needs_real_rotary
 @pytest.mark.parametrize("fields", [{}, {"mscale": 0.8}, {"mscale_all_dim": 0.5}])
 def test_exported_attention_factor_is_the_one_our_model_applies(fields):
     """The model folds the temperature into the softmax scale (mscale² / sqrt(head_dim))."""

@@ -2,13 +2,13 @@
 model's to 1e-4, for plain, llama3 and YaRN RoPE, beyond the original window."""
 import pytest
 
-from tests.convert.helpers import LLAMA3_ROPE, REAL_ROTARY, in_child, needs_real_rotary, save_hf
+from tests.convert.helpers import LLAMA3_ROPE, in_child, save_hf
 
 pytestmark = pytest.mark.slow
 
 YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 4.0,
              "beta_slow": 1.0}
-# case -> (source model, verification length in tokens, needs the real rotary module)
+# case -> (source model, verification length in tokens, scaled RoPE checked beyond its original window)
 CASES = {
     "llama-gqa": (dict(arch="llama"), 64, False),
     "qwen2-qkv-bias": (dict(arch="qwen2"), 64, False),
@@ -36,9 +36,7 @@ def _convert_and_compare(jobs, other_hf):
 def max_abs_diffs(tmp_path_factory):
     root = tmp_path_factory.mktemp("logits")
     jobs = []
-    for case, (spec, seq, needs_rotary) in CASES.items():
-        if needs_rotary and not REAL_ROTARY:
-            continue
+    for case, (spec, seq, _) in CASES.items():
         save_hf(root / case, tokenizer=False, **spec)
         jobs.append((case, str(root / case), str(root / f"{case}-ckpt"), seq))
     save_hf(root / "other", tokenizer=False, seed=1)
@@ -47,13 +45,16 @@ def max_abs_diffs(tmp_path_factory):
     return diffs
 
 
-@pytest.mark.parametrize("case", [c for c, (_, _, rot) in CASES.items() if not rot])
+def test_every_case_is_compared(max_abs_diffs):
+    assert set(max_abs_diffs) == set(CASES) | {"other-weights"}
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, scaled) in CASES.items() if not scaled])
 def test_megatron_logits_equal_transformers_logits(max_abs_diffs, case):
     assert max_abs_diffs[case] <= TOL
 
 
-@needs_real_rotary
-@pytest.mark.parametrize("case", [c for c, (_, _, rot) in CASES.items() if rot])
+@pytest.mark.parametrize("case", [c for c, (_, _, scaled) in CASES.items() if scaled])
 def test_megatron_logits_equal_transformers_logits_with_scaled_rope_beyond_the_original_window(max_abs_diffs, case):
     assert max_abs_diffs[case] <= TOL
 
