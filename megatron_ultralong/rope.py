@@ -12,17 +12,9 @@ from typing import Tuple
 
 import torch
 
-from .config import (
-    ConfigError,
-    ModelConfig,
-    YarnConfig,
-    check_rope_head_dim,
-    check_yarn_betas,
-    check_yarn_factor,
-    check_yarn_original,
-    check_yarn_target,
-)
+from .config import ConfigError, ModelConfig, YarnConfig, check_rope_head_dim
 from .config import head_dim as _head_dim
+from .config.validation import check_yarn_betas, check_yarn_factor, check_yarn_original, check_yarn_target
 
 
 def _check(cond: bool, msg: str) -> None:

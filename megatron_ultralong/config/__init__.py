@@ -6,62 +6,16 @@
 ``schema`` (the sections and their fields), ``loading`` (YAML, ``base`` chains, overrides), ``validation`` (one
 check per section). Every name is importable from here; see docs/config.md.
 """
-from .loading import (
-    PATH_KEYS,
-    RECIPES_DIR,
-    RETIRED_SECTIONS,
-    absolute_paths,
-    config_from_dict,
-    dump_recipe,
-    list_recipes,
-    load_recipe,
-    parse_overrides,
-    stated_keys,
-    to_dict,
-)
-from .schema import (
-    ARCHS,
-    ATTENTION_BACKENDS,
-    BACKENDS,
-    CHAT_TEMPLATES,
-    CP_COMM_TYPES,
-    DTYPE_NAMES,
-    FP8_RECIPES,
-    LOADERS,
-    MODES,
-    RECOMPUTE,
-    ROPE_TYPES,
-    SCHEDULES,
-    SYNTHETIC,
-    CheckpointConfig,
-    Config,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    OptimConfig,
-    ParallelConfig,
-    TrainConfig,
-    YarnConfig,
-    checkpoint_dir,
-    data_parallel_size,
-    describe,
-    head_dim,
-    heads_per_tp_rank,
-    max_sequence_length,
-    needs_document_masking,
-)
-from .validation import (
-    check_a2a_heads,
-    check_cp_seq_length,
-    check_mixture_params,
-    check_rope_head_dim,
-    check_yarn_betas,
-    check_yarn_factor,
-    check_yarn_original,
-    check_yarn_target,
-    validate,
-    validate_yarn,
-)
+from .loading import (PATH_KEYS, RECIPES_DIR, RETIRED_SECTIONS, absolute_paths, config_from_dict, dump_recipe,
+                      list_recipes, load_recipe, parse_overrides, stated_keys, to_dict)
+from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
+                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, CheckpointConfig, Config,
+                     ConfigError, DataConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig, YarnConfig,
+                     checkpoint_dir, data_parallel_size, describe, head_dim, heads_per_tp_rank, max_sequence_length,
+                     needs_document_masking)
+from .validation import (check_a2a_heads, check_cp_seq_length, check_mixture_params, check_rope_head_dim,
+                         check_yarn_betas, check_yarn_factor, check_yarn_original, check_yarn_target, validate,
+                         validate_yarn)
 
 __all__ = [
     # schema

@@ -7,30 +7,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .schema import (
-    ARCHS,
-    ATTENTION_BACKENDS,
-    BACKENDS,
-    CHAT_TEMPLATES,
-    CP_COMM_TYPES,
-    DTYPE_NAMES,
-    FP8_RECIPES,
-    LOADERS,
-    MODES,
-    RECOMPUTE,
-    ROPE_TYPES,
-    SCHEDULES,
-    SYNTHETIC,
-    Config,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    ParallelConfig,
-    YarnConfig,
-    data_parallel_size,
-    head_dim,
-    heads_per_tp_rank,
-)
+from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
+                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, Config, ConfigError, DataConfig,
+                     ModelConfig, ParallelConfig, YarnConfig, data_parallel_size, head_dim, heads_per_tp_rank)
 
 
 def _check(ok: bool, msg: str) -> None:
