@@ -27,7 +27,8 @@ def test_cpt_stage_trains_at_the_target_length_on_about_1b_tokens(name):
     assert cfg.yarn.target_length / cfg.yarn.original_max_position_embeddings == factor
     assert (cfg.yarn.beta_slow, cfg.yarn.beta_fast) == (1.0, 4.0)
     tokens = t.max_steps * t.global_batch_size * target
-    assert 1.0e9 <= tokens <= 1.3e9 and cfg.data.token_budget == 10**9
+    assert 1.0e9 <= tokens <= 1.3e9 and cfg.data.token_budget >= 10**9
+    assert tokens <= 1.01 * cfg.data.token_budget  # the stage's mixture holds what it trains on: no repeated windows
     if name == "cpt_4m":  # the 4M model card: 150 iterations × global batch 2 at 4M tokens
         assert (t.max_steps, t.global_batch_size, target) == (150, 2, 4194304)
     else:  # ~1B tokens: 120 steps of 8M tokens
