@@ -40,26 +40,40 @@ def resolve_attention_backend(model: ModelConfig) -> str:
 
 
 _NVTE_VARIABLES = ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN")
+# Megatron's table (LanguageModule._set_attention_backend): attention_backend -> the values it asserts and sets
+_NVTE_ROWS = {"local": "000", "auto": "111", "flash": "100", "fused": "010", "unfused": "001"}
 _nvte_set_by_megatron: Dict[str, str] = {}  # what the last check let Megatron write into os.environ
 
 
 def megatron_attention_backend(backend: str):
     """TransformerConfig.attention_backend for a resolved backend, after checking the exported NVTE_*_ATTN
-    variables against it (GPTModel asserts they agree, then sets them): te -> auto (Transformer Engine picks its
-    flash or fused kernel, NVTE_* unset or 1); sdpa / local run no TE attention -> local (unset or 0)."""
+    variables against it (GPTModel asserts they agree with it, then sets them). te -> auto (Transformer Engine
+    picks its flash or fused kernel: each unset or 1). sdpa / local run no TE attention, so the variables do not
+    matter there: local, or the first row of Megatron's table the exported values agree with."""
     from megatron.core.transformer.enums import AttnBackend
 
-    kind, expected = (AttnBackend.auto, "1") if backend == "te" else (AttnBackend.local, "0")
+    exported = {}
     for name in _NVTE_VARIABLES:
         value = os.environ.get(name)
         if value is not None and value == _nvte_set_by_megatron.get(name):
             del os.environ[name]  # written by an earlier build in this process, not by the user
-        elif value is not None and value != expected:
-            raise ConfigError(f"{name}={value} is exported, but model.attention_backend={backend} needs it unset or "
-                              f"{expected} (Megatron's attention_backend={kind.name} asserts so at build time); unset "
-                              f"{name} and choose the attention with model.attention_backend")
-    _nvte_set_by_megatron.update({name: expected for name in _NVTE_VARIABLES})
-    return kind
+            value = None
+        exported[name] = value
+    rows = ["auto"] if backend == "te" else list(_NVTE_ROWS)
+    for row in rows:
+        values = dict(zip(_NVTE_VARIABLES, _NVTE_ROWS[row]))
+        if all(exported[n] in (None, values[n]) for n in _NVTE_VARIABLES):
+            _nvte_set_by_megatron.clear()
+            _nvte_set_by_megatron.update(values)
+            return AttnBackend[row]
+    if backend == "te":
+        name = next(n for n in _NVTE_VARIABLES if exported[n] not in (None, "1"))
+        raise ConfigError(f"{name}={exported[name]} is exported, but model.attention_backend=te needs it unset or 1 "
+                          f"(Megatron's attention_backend=auto asserts so at build time); unset {name} and choose "
+                          f"the attention with model.attention_backend")
+    stated = ", ".join(f"{n}={v}" for n, v in exported.items() if v is not None)
+    raise ConfigError(f"{stated}: Megatron accepts no attention_backend with these values (it asserts at build "
+                      f"time); unset {', '.join(n for n, v in exported.items() if v is not None)}")
 
 
 def validate_context_parallel(cfg: Config) -> None:
