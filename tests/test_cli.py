@@ -57,7 +57,24 @@ def test_exit_bad_input_has_one_definition():
     assert defined == ["megatron_ultralong/cli/__init__.py"]
 
 
-SCRIPTS = pytest.importorskip("tomllib").loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+def console_scripts(text: str) -> dict:
+    """pyproject.toml's [project.scripts]: tomllib (Python 3.11+), else (3.10, no tomllib) the table's
+    ``name = "module:function"`` lines, so the test runs on every supported Python."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        table = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        assert table, "pyproject.toml has no [project.scripts] table"
+        return dict(re.findall(r'^([\w.-]+)\s*=\s*"([^"]+)"', table.group(1), re.M))
+    return tomllib.loads(text)["project"]["scripts"]
+
+
+SCRIPTS = console_scripts((REPO / "pyproject.toml").read_text())
+
+
+def test_console_scripts_are_read_the_same_without_tomllib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib now fails, as on Python 3.10
+    assert console_scripts((REPO / "pyproject.toml").read_text()) == SCRIPTS and len(SCRIPTS) > 5
 
 
 def test_every_tool_is_a_console_script_whose_main_its_shim_runs():

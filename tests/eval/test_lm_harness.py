@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from megatron_ultralong.eval.lm_harness import PAPER, retention_rows, retention_table, top_level_tasks
+from tests.extras import require
 
 from .helpers import save_tiny_llama3
 
@@ -72,8 +73,8 @@ def _save_model(folder, noise_seed=None):
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):
     """No network, and a datasets cache of this module's own (the harness reads it; nothing is cached in it)."""
-    datasets = pytest.importorskip("datasets")
-    pytest.importorskip("lm_eval")
+    datasets = require("datasets", "eval")
+    require("lm_eval", "eval")
     import huggingface_hub.constants
 
     with pytest.MonkeyPatch.context() as mp:
