@@ -15,13 +15,6 @@ from tests.dist import run_ranks
 
 
 @pytest.fixture(scope="module")
-def indexed(corpus, spm_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idx")
-    preprocess_text([corpus], spm_model, out, progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def other_spm(tmp_path_factory):
     """A different 512-piece sentencepiece model: same vocabulary size, other pieces and ids."""
     import sentencepiece

@@ -11,18 +11,10 @@ from megatron_ultralong.data import DataError
 from megatron_ultralong.data.loader import (BATCH_KEYS, DaliBatchSource, RankBatchSampler, SampleDataset, build_source,
                                             build_train_iterator, dali_available)
 from megatron_ultralong.data.indexed import open_indexed_dataset
-from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
 from megatron_ultralong.data.tokenizer import load_tokenizer
 
 SEQ = 64
-
-
-@pytest.fixture(scope="module")
-def indexed(corpus, spm_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("idx")
-    preprocess_text([corpus], spm_model, out, progress=False)
-    return str(out)
 
 
 @pytest.fixture(scope="module")
