@@ -7,7 +7,8 @@
         write_model(tmp)
 
 Both forms: a hidden temp path in the same folder, fsync (a folder: every file in it), rename, fsync the parent
-folder; the temp path is removed on error. Callers that stage a folder under a name of their own use ``publish_dir``. Details: docs/training.md.
+folder; the temp path is removed on error. Callers that stage a file or folder under a name of their own publish it
+with ``publish_file`` / ``publish_dir``. Details: docs/training.md.
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def publish_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished, closed file ``tmp`` over ``path`` (same folder) after flushing it to disk; then make
+    the rename durable (fsync of the folder)."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path`` to write (and close) a file at; when the block succeeds the file is
@@ -49,13 +58,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.chmod(tmp, FILE_MODE)
     try:
         yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_path(path.parent)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -4,6 +4,7 @@ import stat
 
 import pytest
 
+from megatron_ultralong import atomic
 from megatron_ultralong.atomic import DIR_MODE, FILE_MODE, atomic_dir, atomic_path, publish_dir, write_text_atomic
 
 
@@ -47,3 +48,14 @@ def test_publish_dir_refuses_to_replace_a_non_empty_folder(tmp_path):
     with pytest.raises(OSError):
         publish_dir(tmp_path / ".final.tmp", tmp_path / "final")
     assert os.listdir(tmp_path / "final") == ["keep"]
+
+
+def test_publish_file_flushes_the_file_renames_it_then_flushes_the_folder(tmp_path, monkeypatch):
+    synced = []
+    real = atomic.fsync_path
+    monkeypatch.setattr(atomic, "fsync_path", lambda p: (synced.append(os.fspath(p)), real(p)))
+    (tmp_path / "out.jsonl").write_text("old")
+    (tmp_path / "out.jsonl.partial").write_text("new")
+    atomic.publish_file(tmp_path / "out.jsonl.partial", tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.jsonl"]
+    assert synced == [str(tmp_path / "out.jsonl.partial"), str(tmp_path)]

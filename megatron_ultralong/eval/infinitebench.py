@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ..atomic import publish_file
 from . import EvalError
 from .hf import read_hf_config
 from .progress import Eta
@@ -386,7 +387,7 @@ class PredictionFiles:
             f.close()
         if exc_type is None:
             for task in self._files:
-                os.replace(self._path(task, True), self._path(task, False))
+                publish_file(self._path(task, True), self._path(task, False))
 
 
 def run_infinitebench(generate: GenerateFn, tokenizer, tasks: Dict[str, List[Sample]], max_length: int,

