@@ -80,7 +80,10 @@ def test_describe_lists_every_field_with_its_docstring():
 
 BAD = [
     (["parallel.tp=3"], None, r"parallel.tp=3 does not divide model.num_attention_heads=4"),
-    (["parallel.tp=4"], None, r"parallel.tp=4 does not divide model.num_query_groups=2"),
+    (["parallel.tp=4"], None, r"parallel.tp=4 does not divide model.num_query_groups=2; the KV heads split over tp "
+                              r"too: use tp <= 2 dividing it"),
+    (["parallel.tp=4", "model.num_query_groups=4", "model.vocab_size=510"], None,
+     r"parallel.tp=4 does not divide model.vocab_size=510; pad the vocabulary to a multiple"),
     (["parallel.pp=3"], None, r"parallel.pp=3 does not divide model.num_layers=2"),
     (["parallel.cp=3"], None, r"data.seq_length=256 is not divisible by 2\*cp=6"),
     (["parallel.tp=2"], 3, r"world size 3 is not divisible by tp·pp·cp"),

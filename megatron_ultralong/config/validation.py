@@ -149,21 +149,23 @@ def validate_yarn_section(cfg: Config, world_size: Optional[int] = None) -> None
     validate_yarn(cfg.yarn, cfg.model)
 
 
+LAYOUT_SPLITS = (  # (parallel key, model field it splits, how to fix): each split must be even
+    ("tp", "num_attention_heads", "pick tp from the divisors of the head count"),
+    ("tp", "num_query_groups", "the KV heads split over tp too: use tp <= {count} dividing it"),
+    ("tp", "vocab_size", "pad the vocabulary to a multiple"),
+    ("pp", "num_layers", "pick pp from its divisors"),
+)
+
+
 def validate_parallel(cfg: Config, world_size: Optional[int] = None) -> None:
     m, p = cfg.model, cfg.parallel
     _positive(p, ["tp", "pp", "cp"], "parallel")
     _one_of(p.cp_comm_type, CP_COMM_TYPES, "parallel.cp_comm_type")
     _one_of(p.backend, BACKENDS, "parallel.backend")
-    _check(m.num_attention_heads % p.tp == 0,
-           f"parallel.tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}; "
-           f"pick tp from the divisors of the head count")
-    _check(m.num_query_groups % p.tp == 0,
-           f"parallel.tp={p.tp} does not divide model.num_query_groups={m.num_query_groups} (KV heads); "
-           f"use tp <= {m.num_query_groups} dividing it")
-    _check(m.vocab_size % p.tp == 0,
-           f"parallel.tp={p.tp} does not divide model.vocab_size={m.vocab_size}; pad the vocabulary to a multiple")
-    _check(m.num_layers % p.pp == 0,
-           f"parallel.pp={p.pp} does not divide model.num_layers={m.num_layers}; pick pp from its divisors")
+    for key, field, fix in LAYOUT_SPLITS:
+        parts, count = getattr(p, key), getattr(m, field)
+        _check(count % parts == 0,
+               f"parallel.{key}={parts} does not divide model.{field}={count}; {fix.format(count=count)}")
     _check(not p.sequence_parallel or p.tp > 1,
            "parallel.sequence_parallel=true needs parallel.tp > 1; turn it off or raise tp")
     check_cp_seq_length(cfg.data.seq_length, p.cp, p.tp, p.sequence_parallel, key="data.seq_length")
