@@ -74,6 +74,18 @@ def run_ranks(fn, world_size: int, args: tuple = (), timeout: float = 300.0):
     return [results[r] for r in range(world_size)]
 
 
+def fixed_batch(cfg, seq_length: int, batch_size: int = 2, seed: int = 7) -> dict:
+    """A seeded random batch [batch_size, seq_length]: tokens, next-token labels, a ~80 % loss mask and positions
+    0..s-1; the same on every rank, so layouts can be compared on it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.model.vocab_size, (batch_size, seq_length + 1), generator=g)
+    return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:],
+            "loss_mask": (torch.rand(batch_size, seq_length, generator=g) > 0.2).float(),
+            "position_ids": torch.arange(seq_length).expand(batch_size, seq_length)}
+
+
 def full_tensor(shard, param, group=None):
     """Reassemble a TP-sharded parameter (or its grad) into the TP=1 layout, honouring partition_stride
     (gated MLP fc1 keeps [gate_r; up_r] per rank)."""

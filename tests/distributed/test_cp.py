@@ -10,19 +10,11 @@ import pytest
 import torch
 
 from megatron_ultralong.config import load_recipe
-from tests.dist import full_tensor, global_param_name, reinit_by_name, run_ranks
+from tests.dist import fixed_batch, full_tensor, global_param_name, reinit_by_name, run_ranks
 
 pytestmark = pytest.mark.slow
 SEQ = 128  # above the toy card's original 64-token window (YaRN 64 -> 256), divisible by 2·cp·tp for cp, tp <= 4
 VOCAB_SHARDED = type("VocabSharded", (), {"tensor_model_parallel": True, "partition_dim": 2})()
-
-
-def fixed_batch(cfg, batch_size=2, seed=7):
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, cfg.model.vocab_size, (batch_size, SEQ + 1), generator=g)
-    return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:],
-            "loss_mask": (torch.rand(batch_size, SEQ, generator=g) > 0.2).float(),
-            "position_ids": torch.arange(SEQ).expand(batch_size, SEQ)}
 
 
 def _eval_logits(model, cfg, local):
@@ -82,7 +74,7 @@ def _cp_run(rank, world, overrides, use_ddp=False):
         model = DistributedDataParallel(config=gpt.config, module=gpt,
                                         ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True))
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
-    batch = fixed_batch(cfg)
+    batch = fixed_batch(cfg, SEQ)
     attention_calls = [0]
     for layer in gpt.decoder.layers:
         layer.self_attention.core_attention.register_forward_hook(
@@ -170,9 +162,9 @@ def test_cp2_with_full_recompute_and_chunked_loss_equals_cp1(reference):
 # ----------------------------------------------------------------------- the CP core attention on its own
 def _attention_run(rank, world, cp):
     """CP core attention on this rank's zigzag shard vs. the same module at CP=1 on the full sequence."""
+    from megatron_ultralong.context_parallel import zigzag_split
     from megatron_ultralong.model.attention import SDPACoreAttention
     from megatron_ultralong.model.builder import transformer_config
-    from megatron_ultralong.context_parallel import zigzag_split
     from megatron_ultralong.parallel import init_distributed
 
     cfg = load_recipe("toy_cpt", [f"data.seq_length={SEQ}", f"parallel.cp={cp}", "model.num_attention_heads=8"])

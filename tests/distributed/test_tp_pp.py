@@ -3,18 +3,10 @@ import pytest
 import torch
 
 from megatron_ultralong.config import load_recipe
-from tests.dist import full_tensor, global_param_name, reinit_by_name, run_ranks
+from tests.dist import fixed_batch, full_tensor, global_param_name, reinit_by_name, run_ranks
 
 pytestmark = pytest.mark.slow
 SEQ = 128  # above the toy card's original 64-token window, so YaRN is exercised
-
-
-def fixed_batch(cfg, batch_size=2, seed=7):
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, cfg.model.vocab_size, (batch_size, SEQ + 1), generator=g)
-    return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:],
-            "loss_mask": (torch.rand(batch_size, SEQ, generator=g) > 0.2).float(),
-            "position_ids": torch.arange(SEQ).expand(batch_size, SEQ)}
 
 
 def _layout_run(rank, world, overrides):
@@ -30,7 +22,7 @@ def _layout_run(rank, world, overrides):
     init_distributed(cfg)
     model = build_model(cfg)
     reinit_by_name(model)  # same weights in every layout (PP stages draw init RNG in another order)
-    batch = fixed_batch(cfg)
+    batch = fixed_batch(cfg, SEQ)
     result = {}
     if ps.get_pipeline_model_parallel_world_size() == 1:
         mask = make_attention_mask(resolve_attention_backend(cfg.model), SEQ)
