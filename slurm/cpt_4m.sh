@@ -9,11 +9,16 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
 #SBATCH --mem=0
-#SBATCH --signal=B:USR1@120
+#SBATCH --signal=B:USR1@510
+#SBATCH --time=18:00:00
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm/logs/%x-%j.out
-# One task per node runs launch/torchrun.sh, which starts one worker per GPU. USR1 120 s before the time limit:
+# Sizes from the planner (docs/planner.md; python tools/plan.py --model llama3.1-8b --target-length 4194304
+# --gpu h100-80gb --gpus-per-node 8 --nodes 32): step ≈ 331 s, save ≈ 112 s (8B × 14 B at 1 GB/s).
+# --signal lead = step + save + 60 s margin, rounded up to 30 s; --time = (150 steps × step + saves × save)
+# × 1.25 + 10 min start-up, rounded up to 30 min. tests/test_planner.py keeps them equal to the planner's.
+# One task per node runs launch/torchrun.sh, which starts one worker per GPU. USR1 510 s before the time limit:
 # checkpoint, exit 75, requeue; the next run resumes from runs/cpt_4m/checkpoints/latest. Logs: slurm/logs/ (submit
 # from the checkout root). Container mode, data mounts, python: see slurm/common.sh and docs/slurm.md.
 set -euo pipefail

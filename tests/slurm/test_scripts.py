@@ -169,7 +169,9 @@ def test_scripts_start_with_the_command_that_runs_them(script):
 def test_training_scripts_ask_for_the_preemption_signal_and_requeue(script):
     directives = [line.split()[1] for line in (REPO / "slurm" / script).read_text().splitlines()
                   if line.startswith("#SBATCH")]
-    assert {"--signal=B:USR1@120", "--requeue", "--open-mode=append", "--ntasks-per-node=1"} <= set(directives)
+    assert {"--requeue", "--open-mode=append", "--ntasks-per-node=1"} <= set(directives)
+    # the lead time is the planner's (tests/test_planner.py pins its value)
+    assert [d for d in directives if d.startswith("--signal=")][0].startswith("--signal=B:USR1@")
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
