@@ -3,6 +3,8 @@
     python -m megatron_ultralong.train --config toy_cpt train.max_steps=20              # one process (ultralong-train)
     torchrun --nproc-per-node 2 -m megatron_ultralong.train --config toy_cpt parallel.tp=2
     python -m megatron_ultralong.train --help-config                                   # every recipe key
+    python -m megatron_ultralong.train --config cpt_1m --dry-run --nodes 32 --gpus-per-node 8 data.paths=[...] \
+        data.tokenizer=...          # every check, no GPU, no process group: layout + memory per GPU (train/dry_run.py)
 
 Exit codes: 0 done, 75 preempted after a checkpoint, 2 bad input (one line, from rank 0 only), 1 else; rank 0 also
 writes ``<run_dir>/exit_status.json`` (bad input included) because torchrun reports every worker failure as 1:
@@ -64,18 +66,40 @@ def _bad_input(error, run_dir) -> int:
     return EXIT_BAD_INPUT
 
 
+def _dry_run(args) -> int:
+    """--dry-run: the report on stdout and EXIT_OK, or one line on stderr and EXIT_BAD_INPUT; writes nothing."""
+    from .dry_run import dry_run
+
+    _route_library_chatter_to_stdout()
+    try:
+        print(dry_run(args.config, args.overrides, nodes=args.nodes, gpus_per_node=args.gpus_per_node))
+    except (ConfigError, CheckpointError) as e:
+        return bad_input(e)
+    print("dry run: every check passed")
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m megatron_ultralong.train",
                             description="CPT / SFT training on Megatron-Core from a YAML recipe.")
     parser.add_argument("--config", help="recipe: a .yaml path or a packaged recipe name (e.g. toy_cpt, cpt_1m)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10 parallel.tp=2")
     parser.add_argument("--help-config", action="store_true", help="list every recipe key with its meaning")
+    parser.add_argument("--dry-run", action="store_true", help="check the recipe, world size, data, tokenizer and "
+                        "init_from without GPUs or a process group; print the layout and memory per GPU")
+    parser.add_argument("--nodes", type=int, help="--dry-run: nodes of the job (default: SLURM_JOB_NUM_NODES)")
+    parser.add_argument("--gpus-per-node", type=int, help="--dry-run: GPUs (workers) per node (default: "
+                        "SLURM_GPUS_ON_NODE)")
     args = parser.parse_args(argv)
     if args.help_config:
         print(describe())
         return EXIT_OK
     if not args.config:
         parser.error("--config is required")
+    if not args.dry_run and (args.nodes is not None or args.gpus_per_node is not None):
+        parser.error("--nodes and --gpus-per-node go with --dry-run (a run takes its world size from torchrun)")
+    if args.dry_run:
+        return _dry_run(args)
     try:
         # paths absolute from here on: config.yaml and the checkpoints name the same files from any directory
         # + what the stage inherits from its checkpoint (train/stage.py; meta.json only, before any process group)
