@@ -6,8 +6,14 @@ import shutil
 import pytest
 import torch
 
-from megatron_ultralong.checkpoint import (FORMAT, CheckpointError, find_latest, list_checkpoints, read_meta,
-                                           resolve_checkpoint_path)
+from megatron_ultralong.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    find_latest,
+    list_checkpoints,
+    read_meta,
+    resolve_checkpoint_path,
+)
 from megatron_ultralong.config import to_dict
 from tests.dist import run_ranks
 from tests.train.helpers import build_parts, params_of, toy_cfg, train_one_step

@@ -4,8 +4,17 @@ import pytest
 import yaml
 
 from megatron_ultralong.config import (
-    Config, ConfigError, DataConfig, config_from_dict, describe, dump_recipe, list_recipes, load_recipe,
-    parse_overrides, to_dict, validate,
+    Config,
+    ConfigError,
+    DataConfig,
+    config_from_dict,
+    describe,
+    dump_recipe,
+    list_recipes,
+    load_recipe,
+    parse_overrides,
+    to_dict,
+    validate,
 )
 
 TOY = "toy_cpt"

@@ -28,7 +28,8 @@ def test_zigzag_shards_partition_the_sequence_with_equal_causal_work(cp):
 
 def test_zigzag_split_splits_every_per_token_field_alike_and_merge_inverts_it():
     g = torch.Generator().manual_seed(0)
-    batch = {"tokens": torch.randint(0, 100, (2, 24), generator=g), "labels": torch.randint(0, 100, (2, 24), generator=g),
+    batch = {"tokens": torch.randint(0, 100, (2, 24), generator=g),
+             "labels": torch.randint(0, 100, (2, 24), generator=g),
              "loss_mask": torch.rand(2, 24, generator=g), "position_ids": torch.arange(24).expand(2, 24),
              "doc_ids": torch.tensor([0] * 10 + [1] * 14).expand(2, 24)}
     shards = [zigzag_split(batch, 3, r) for r in range(3)]
@@ -54,8 +55,9 @@ def test_zigzag_split_with_cp1_is_the_identity():
 
 
 def test_zigzag_split_rejects_length_not_divisible_by_2cp_with_the_fix():
-    with pytest.raises(ConfigError, match=r"parallel.cp=3: sequence length 100 is not divisible by 2\*cp=6 \(zigzag split\); "
-                                          r"use a multiple of 6"):
+    with pytest.raises(ConfigError,
+                       match=r"parallel.cp=3: sequence length 100 is not divisible by 2\*cp=6 \(zigzag split\); "
+                             r"use a multiple of 6"):
         zigzag_split(torch.zeros(1, 100), 3, 0)
 
 

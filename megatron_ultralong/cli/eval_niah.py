@@ -11,28 +11,17 @@ from __future__ import annotations
 import os
 
 from . import OneLineParser, comma_floats, comma_ints
-from .evaluation import (
-    add_eval_output_args,
-    add_model_arg,
-    add_prompt_args,
-    below_minimum,
-    model_name,
-    prompt_format,
-    run_eval,
-    warn_beyond_window,
-    write_result,
-)
+from . import evaluation as ev
 
 
 def main(argv=None) -> int:
     p = OneLineParser(description=__doc__.split("\n")[0])
-    add_model_arg(p)
+    ev.add_model_arg(p)
     p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
     p.add_argument("--depths", type=comma_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="comma-separated depths")
-    p.add_argument("--samples", type=int, default=1, help="trials per cell")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
-    add_prompt_args(p)
-    add_eval_output_args(p)
+    ev.add_sampling_args(p, "trials per cell")
+    ev.add_prompt_args(p)
+    ev.add_eval_output_args(p)
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 below this overall accuracy")
     a = p.parse_args(argv)
 
@@ -40,17 +29,17 @@ def main(argv=None) -> int:
     from ..eval.niah import check_grid, run_grid
     from ..eval.plots import niah_heatmap
 
-    fmt = prompt_format(a)
+    fmt = ev.prompt_format(a)
 
     def check(tok):  # input errors before the model load
         check_grid(tok, a.lengths, a.depths, a.samples, fmt)
-        warn_beyond_window(a.hf, a.lengths, "--lengths")
+        ev.warn_beyond_window(a.hf, a.lengths, "--lengths")
 
     def evaluate(model, tok, _) -> int:
         grid = run_grid(hf_generate(model, tok), tok, a.lengths, a.depths, a.samples, a.seed, fmt=fmt)
-        write_result(a.out, "niah.json", a.hf, grid, dtype=a.dtype)
-        niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=model_name(a.hf))
+        ev.write_result(a.out, "niah.json", a.hf, grid, dtype=a.dtype)
+        niah_heatmap(grid, os.path.join(a.out, "niah.png"), title=ev.model_name(a.hf))
         print(f"accuracy {grid['accuracy']:.1%} over {len(grid['cells'])} cells -> {a.out}/niah.json, niah.png")
-        return below_minimum(grid["accuracy"], a.min_accuracy, "--min-accuracy", "accuracy")
+        return ev.below_minimum(grid["accuracy"], a.min_accuracy, "--min-accuracy", "accuracy")
 
-    return run_eval(a, check=check, evaluate=evaluate)
+    return ev.run_eval(a, check=check, evaluate=evaluate)

@@ -11,30 +11,19 @@ from __future__ import annotations
 import os
 
 from . import OneLineParser, comma_ints, comma_strs
-from .evaluation import (
-    add_eval_output_args,
-    add_model_arg,
-    add_prompt_args,
-    below_minimum,
-    model_name,
-    prompt_format,
-    run_eval,
-    warn_beyond_window,
-    write_result,
-)
+from . import evaluation as ev
 
 
 def main(argv=None) -> int:
     from ..eval.ruler import TASKS
 
     p = OneLineParser(description=__doc__.split("\n")[0])
-    add_model_arg(p)
+    ev.add_model_arg(p)
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
     p.add_argument("--lengths", type=comma_ints, default=[4096, 8192], help="comma-separated context lengths (tokens)")
-    p.add_argument("--samples", type=int, default=1, help="samples per (task, length) cell")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
-    add_prompt_args(p)
-    add_eval_output_args(p)
+    ev.add_sampling_args(p, "samples per (task, length) cell")
+    ev.add_prompt_args(p)
+    ev.add_eval_output_args(p)
     p.add_argument("--min-score", type=float, default=None, help="exit 1 below this average score")
     a = p.parse_args(argv)
 
@@ -42,20 +31,20 @@ def main(argv=None) -> int:
     from ..eval.plots import ruler_heatmap
     from ..eval.ruler import plan_ruler, run_ruler
 
-    tasks, fmt = comma_strs(a.tasks), prompt_format(a)
+    tasks, fmt = comma_strs(a.tasks), ev.prompt_format(a)
 
     def check(tok):  # input errors before the model load
         plan = plan_ruler(tok, tasks, a.lengths, a.samples, a.seed, fmt)
-        warn_beyond_window(a.hf, a.lengths, "--lengths")
+        ev.warn_beyond_window(a.hf, a.lengths, "--lengths")
         return plan
 
     def evaluate(model, tok, plan) -> int:
         res = run_ruler(hf_generate(model, tok), tok, tasks, a.lengths, a.samples, a.seed, plan=plan, fmt=fmt)
-        write_result(a.out, "ruler.json", a.hf, res, dtype=a.dtype)
-        ruler_heatmap(res, os.path.join(a.out, "ruler.png"), title=model_name(a.hf))
+        ev.write_result(a.out, "ruler.json", a.hf, res, dtype=a.dtype)
+        ruler_heatmap(res, os.path.join(a.out, "ruler.png"), title=ev.model_name(a.hf))
         for t in tasks:
             print(f"{t:<18} " + "  ".join(f"{n:>9,}: {res['scores'][t][str(n)]:.2f}" for n in a.lengths))
         print(f"average {res['average']:.1%} over {len(res['cells'])} cells -> {a.out}/ruler.json, ruler.png")
-        return below_minimum(res["average"], a.min_score, "--min-score", "average score")
+        return ev.below_minimum(res["average"], a.min_score, "--min-score", "average score")
 
-    return run_eval(a, check=check, evaluate=evaluate)
+    return ev.run_eval(a, check=check, evaluate=evaluate)

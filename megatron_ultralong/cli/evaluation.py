@@ -40,6 +40,12 @@ def add_bos_arg(parser: argparse.ArgumentParser) -> None:
                              "Llama-3.1 tokenizer does) or the chat template starts with one, 'always', or 'never'")
 
 
+def add_sampling_args(p, samples_help: str) -> None:
+    """--samples (trials per cell) and --seed (of the random keys and values)."""
+    p.add_argument("--samples", type=int, default=1, help=samples_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values")
+
+
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     """--bos and --chat-template of the synthetic tasks (NIAH, RULER)."""
     add_bos_arg(parser)

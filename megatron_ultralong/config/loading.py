@@ -16,6 +16,12 @@ import yaml
 
 from .schema import Config, ConfigError
 
+__all__ = [
+    "RECIPES_DIR", "RETIRED_SECTIONS", "PATH_KEYS", "load_recipe", "config_from_dict", "parse_overrides",
+    "list_recipes", "absolute_paths", "to_dict", "dump_recipe", "stated_keys",
+]
+
+
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 RETIRED_SECTIONS = ("eval",)

@@ -12,6 +12,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+__all__ = [
+    "ConfigError", "Config", "ModelConfig", "YarnConfig", "ParallelConfig", "DataConfig", "OptimConfig",
+    "TrainConfig", "CheckpointConfig", "describe", "head_dim", "max_sequence_length", "data_parallel_size",
+    "checkpoint_dir", "needs_document_masking", "heads_per_tp_rank", "ARCHS", "ROPE_TYPES", "DTYPE_NAMES",
+    "FP8_RECIPES", "ATTENTION_BACKENDS", "CP_COMM_TYPES", "BACKENDS", "LOADERS", "CHAT_TEMPLATES", "MODES",
+    "SCHEDULES", "RECOMPUTE", "SYNTHETIC",
+]
+
+
 
 class ConfigError(ValueError):
     """A bad recipe or override. The message is one line: field, value, and how to fix it."""
@@ -204,7 +213,8 @@ class TrainConfig:
     log_interval: int = 1
     """Steps between console progress lines."""
     recompute: str = "none"
-    """Activation recompute: 'none', 'selective' (attention core) or 'full' (whole layers; the norm above 128K tokens/GPU)."""
+    """Activation recompute: 'none', 'selective' (attention core) or 'full' (whole layers; the norm above 128K
+    tokens/GPU)."""
     recompute_num_layers: int = 1
     """Layers per recompute chunk with recompute='full'."""
     loss_chunk_size: int = 0

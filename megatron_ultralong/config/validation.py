@@ -7,9 +7,36 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .schema import (ARCHS, ATTENTION_BACKENDS, BACKENDS, CHAT_TEMPLATES, CP_COMM_TYPES, DTYPE_NAMES, FP8_RECIPES,
-                     LOADERS, MODES, RECOMPUTE, ROPE_TYPES, SCHEDULES, SYNTHETIC, Config, ConfigError, DataConfig,
-                     ModelConfig, ParallelConfig, YarnConfig, data_parallel_size, head_dim, heads_per_tp_rank)
+from .schema import (
+    ARCHS,
+    ATTENTION_BACKENDS,
+    BACKENDS,
+    CHAT_TEMPLATES,
+    CP_COMM_TYPES,
+    DTYPE_NAMES,
+    FP8_RECIPES,
+    LOADERS,
+    MODES,
+    RECOMPUTE,
+    ROPE_TYPES,
+    SCHEDULES,
+    SYNTHETIC,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ParallelConfig,
+    YarnConfig,
+    data_parallel_size,
+    head_dim,
+    heads_per_tp_rank,
+)
+
+__all__ = [
+    "validate", "validate_yarn", "check_cp_seq_length", "check_a2a_heads", "check_rope_head_dim",
+    "check_mixture_params", "check_yarn_original", "check_yarn_target", "check_yarn_factor", "check_yarn_betas",
+]
+
 
 
 def _check(ok: bool, msg: str) -> None:

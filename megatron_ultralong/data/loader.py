@@ -218,8 +218,14 @@ def stage_seed(cfg: Config) -> int:
 
 def _cpt_source(cfg: Config):
     from .indexed import read_document_lengths
-    from .mixture import (MixtureParams, build_mixture, check_not_sft_dataset, load_mixture, report_table,
-                          resolve_sources)
+    from .mixture import (
+        MixtureParams,
+        build_mixture,
+        check_not_sft_dataset,
+        load_mixture,
+        report_table,
+        resolve_sources,
+    )
 
     d = cfg.data
     sep = run_separator(cfg)

@@ -198,7 +198,10 @@ def pack_whole_samples(samples: Sequence[Tuple[np.ndarray, np.ndarray]], seq_len
     rows = [fill_whole_samples(members, samples.__getitem__, width, pad_id) for members in bins]
     filled = [sum(len(samples[i][0]) for i in members) for members in bins]
     window_docs = [np.asarray(m + ([-1] if f < width else []), dtype=np.int64) for m, f in zip(bins, filled)]
-    stack = (lambda k, dt: np.stack([r[k] for r in rows]) if rows else np.zeros((0, width), dt))
+
+    def stack(k: int, dt) -> np.ndarray:
+        return np.stack([r[k] for r in rows]) if rows else np.zeros((0, width), dt)
+
     order = None if seed is None else np.random.default_rng(seed).permutation(len(samples))
     return PackedWindows(stack(0, np.int64), stack(1, np.int32), stack(2, np.int8), window_docs, order,
                          int(sum(width - f for f in filled))), dropped

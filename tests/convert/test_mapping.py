@@ -6,8 +6,18 @@ import torch
 
 from megatron_ultralong.config import Config, ModelConfig
 from megatron_ultralong.convert import ConvertError
-from megatron_ultralong.convert.mapping import (LLAMA, QWEN2, Dims, DirectMapping, GatedMLPMapping, QKVMapping,
-                                                checkpoint_key, layer_name, table_for_arch, table_for_hf_model_type)
+from megatron_ultralong.convert.mapping import (
+    LLAMA,
+    QWEN2,
+    Dims,
+    DirectMapping,
+    GatedMLPMapping,
+    QKVMapping,
+    checkpoint_key,
+    layer_name,
+    table_for_arch,
+    table_for_hf_model_type,
+)
 from tests.convert.helpers import in_child, tiny_hf_model
 
 # 8 query heads in 2 groups (k = 4 per group), head_dim 3: small enough to spell out the expected row order

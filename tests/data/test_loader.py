@@ -8,9 +8,16 @@ import torch
 
 from megatron_ultralong.config import ConfigError, load_recipe, needs_document_masking
 from megatron_ultralong.data import DataError
-from megatron_ultralong.data.loader import (BATCH_KEYS, DaliBatchSource, RankBatchSampler, SampleDataset, build_source,
-                                            build_train_iterator, dali_available)
 from megatron_ultralong.data.indexed import open_indexed_dataset
+from megatron_ultralong.data.loader import (
+    BATCH_KEYS,
+    DaliBatchSource,
+    RankBatchSampler,
+    SampleDataset,
+    build_source,
+    build_train_iterator,
+    dali_available,
+)
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
 from megatron_ultralong.data.tokenizer import load_tokenizer
 

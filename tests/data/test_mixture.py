@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from megatron_ultralong.data import DataError
-from megatron_ultralong.data.mixture import (MixtureParams, build_mixture, length_buckets, load_mixture,
-                                             report_table, resolve_sources, write_mixture)
 from megatron_ultralong.data.indexed import read_document_lengths
+from megatron_ultralong.data.mixture import (
+    MixtureParams,
+    build_mixture,
+    length_buckets,
+    load_mixture,
+    report_table,
+    resolve_sources,
+    write_mixture,
+)
 from megatron_ultralong.data.preprocess import preprocess_text
 from megatron_ultralong.data.sft import preprocess_chat
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl

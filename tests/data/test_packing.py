@@ -3,8 +3,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from megatron_ultralong.data.packing import (DocumentStream, cu_seqlens_from_doc_ids, pack_documents,
-                                             pack_whole_samples, window_to_sample)
+from megatron_ultralong.data.packing import (
+    DocumentStream,
+    cu_seqlens_from_doc_ids,
+    pack_documents,
+    pack_whole_samples,
+    window_to_sample,
+)
 
 SEP = 999
 

@@ -6,8 +6,16 @@ import pytest
 
 from megatron_ultralong.data import DataError
 from megatron_ultralong.data.decontam import decontaminate
-from megatron_ultralong.data.sft import (ChatSample, encode_chat, encode_hf_template, encode_llama3,
-                                         load_sft_dataset, preprocess_chat, read_chat_jsonl, tokenize_samples)
+from megatron_ultralong.data.sft import (
+    ChatSample,
+    encode_chat,
+    encode_hf_template,
+    encode_llama3,
+    load_sft_dataset,
+    preprocess_chat,
+    read_chat_jsonl,
+    tokenize_samples,
+)
 from megatron_ultralong.data.synthetic import synthetic_chat_samples, write_jsonl
 from megatron_ultralong.data.tokenizer import load_tokenizer
 

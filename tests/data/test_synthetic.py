@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from megatron_ultralong.data import DataError
-from megatron_ultralong.data.synthetic import (copy_task_ids, copy_task_window, synthetic_chat_samples,
-                                               write_synthetic_corpus)
+from megatron_ultralong.data.synthetic import (
+    copy_task_ids,
+    copy_task_window,
+    synthetic_chat_samples,
+    write_synthetic_corpus,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

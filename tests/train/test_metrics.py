@@ -5,7 +5,7 @@ import json
 import pytest
 
 from megatron_ultralong.config import load_recipe
-from megatron_ultralong.train.metrics import MetricsLogger, RECORD_KEYS, train_flops_per_token, truncate_jsonl
+from megatron_ultralong.train.metrics import RECORD_KEYS, MetricsLogger, train_flops_per_token, truncate_jsonl
 
 
 def test_truncate_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_last_line(tmp_path):
