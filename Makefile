@@ -1,5 +1,5 @@
 # make demo   — set up .venv, then run the toy end-to-end job (CPU is fine)
-# make test   — set up .venv, then run the test suite (the command CI runs)
+# make test   — set up .venv, then ruff and the test suite (the command CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup lint test test-fast demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,eval]'
 	@touch $@
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
