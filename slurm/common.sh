@@ -17,6 +17,8 @@
 #   ULTRALONG_MASTER_ADDR/PORT  torchrun rendezvous (default: the job's first node, port 29500 + job id % 10000)
 #   ULTRALONG_DRY_RUN=1         print the srun command instead of running it (works outside a job, too)
 #   launch/torchrun.sh's own (ULTRALONG_NPROC_PER_NODE, ULTRALONG_TRAIN_MODULE, NCCL_*, ...) reach every node.
+# Before srun, ultralong_train runs `python -m megatron_ultralong.train --dry-run` on the batch node (in container
+# mode: one task in the image): bad input is one error line and exit 2 before the training step starts.
 # Preemption: the training scripts ask for `--signal=B:USR1@120`. The trap below passes USR1 (or a TERM sent to
 # this shell) to the training step as USR1, waits for it to save a checkpoint and exit 75, then runs
 # `scontrol requeue`; the requeued job resumes from <checkpoint dir>/latest. Any other exit code ends the job
@@ -134,6 +136,26 @@ _ul_print_command() {
   echo
 }
 
+# The trainer's --dry-run (recipe, world size = nodes × workers per node, data, tokenizer, init_from; prints the layout
+# and memory per GPU) before the training step, on this batch node (bare mode) or in one task of the image
+# (container mode): one error line and exit 2 here, before any GPU work. Its train module is the one torchrun runs.
+_ul_dry_run_check() {
+  local python=${ULTRALONG_PYTHON:-python3} check=(--dry-run --nodes "$_UL_NODES") step=()
+  local per_node=${ULTRALONG_NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-0}}  # what launch/torchrun.sh starts per node
+  if [[ $per_node != 0 ]]; then check+=(--gpus-per-node "$per_node"); fi  # none: one CPU worker per node
+  if [[ -n ${ULTRALONG_CONTAINER_IMAGE:-} ]]; then
+    local nodes=$_UL_NODES job_srun=("${_UL_SRUN[@]}")
+    _UL_NODES=1
+    _ul_srun_prefix 1  # one task on the first node, in the image
+    step=("${_UL_SRUN[@]}")
+    _UL_NODES=$nodes _UL_SRUN=("${job_srun[@]}")
+  else  # the python is on this node too: one error line here beats one per node
+    command -v "$python" >/dev/null || ultralong_die "ULTRALONG_PYTHON=$python: not found on ${HOSTNAME%%.*};" \
+      "export ULTRALONG_PYTHON=<your environment's python> (or ULTRALONG_ENV_SETUP=<file that activates it>)"
+  fi
+  "${step[@]}" "$python" -m "${ULTRALONG_TRAIN_MODULE:-megatron_ultralong.train}" "${check[@]}" "$@" || exit $?
+}
+
 # ultralong_train <recipe> <its run dir> <its init_from or ""> [overrides...]: train, requeue on exit 75.
 # The stage's recipe holds its run dir and init_from; they are passed only to a recipe put in its place
 # (ULTRALONG_RECIPE), which then runs as that stage ("" keeps the replacement's own init_from).
@@ -155,15 +177,9 @@ ultralong_train() {
   _ul_trap_signals
   _ul_setup_env
   mode="bare"
-  if [[ -n ${ULTRALONG_CONTAINER_IMAGE:-} ]]; then
-    mode="container $ULTRALONG_CONTAINER_IMAGE"
-  else  # the python is on this node too: one error line here beats one per node
-    local python=${ULTRALONG_PYTHON:-python3}
-    command -v "$python" >/dev/null || ultralong_die "ULTRALONG_PYTHON=$python: not found on ${HOSTNAME%%.*};" \
-      "export ULTRALONG_PYTHON=<your environment's python> (or ULTRALONG_ENV_SETUP=<file that activates it>)"
-    "$python" "$ULTRALONG_HOME/launch/preflight.py" "${args[@]}" >/dev/null || exit $?
-  fi
+  if [[ -n ${ULTRALONG_CONTAINER_IMAGE:-} ]]; then mode="container $ULTRALONG_CONTAINER_IMAGE"; fi
   ultralong_log "job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}, $_UL_NODES node(s), $mode: ${args[*]}"
+  _ul_dry_run_check "${args[@]}"
   _ul_run_step "${cmd[@]}"
   case $_UL_RC in
     0) ultralong_log "training finished (train.max_steps reached)" ;;

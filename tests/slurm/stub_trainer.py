@@ -29,6 +29,9 @@ def env_float(name: str, default: float) -> float:
 
 
 def main(argv) -> int:
+    if "--dry-run" in argv:  # slurm/common.sh's check on the batch node: the stub has nothing to check
+        print("stub: dry run", flush=True)
+        return EXIT_OK
     config = argv[argv.index("--config") + 1]
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     cfg = load_recipe(config, overrides)

@@ -225,3 +225,49 @@ def test_launch_rejects_bad_input_in_one_line_before_torchrun(tmp_path, args, me
     assert r.returncode == 2
     assert r.stderr.startswith(message) and r.stderr.count("\n") == 1, r.stderr
     assert "torch.distributed.run" not in r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- the trainer's --dry-run before srun
+def fake_srun(tmp_path, code):
+    """A `srun` first on PATH that records its argv in srun.log and exits ``code``; returns the env for it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/srun.log\nexit {code}\n')
+    (bin_dir / "srun").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_bad_setup_fails_the_batch_script_in_one_line_before_srun(tmp_path):
+    """32 CPU nodes (one worker each) cannot split toy_cpt's global batch of 2: the batch node's dry run says so."""
+    r = run(["bash", str(REPO / "slurm" / "cpt_1m.sh"), "train.max_steps=2"], tmp_path, ULTRALONG_PYTHON=PYTHON,
+            ULTRALONG_RECIPE="toy_cpt", **fake_srun(tmp_path, 0), **JOB_32_NODES)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: world size 32 = 32 node(s) × 1 per node (--nodes, no GPUs: one CPU worker "
+                               "per node): train.global_batch_size=2 is not divisible"), r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not (tmp_path / "srun.log").exists()  # no job step was started
+
+
+def test_a_good_setup_prints_the_layout_then_starts_the_step(tmp_path):
+    r = run(["bash", str(REPO / "slurm" / "cpt_1m.sh"), "train.max_steps=2", "train.micro_batch_size=1"], tmp_path,
+            ULTRALONG_PYTHON=PYTHON, ULTRALONG_RECIPE="toy_cpt", ULTRALONG_NPROC_PER_NODE="2",
+            **fake_srun(tmp_path, 0), **{**JOB_32_NODES, "SLURM_JOB_NUM_NODES": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "layout: world size 2 = 1 node(s) × 2 per node (--nodes, --gpus-per-node): tp 1 · pp 1 · cp 1 · dp 2" \
+        in r.stdout, r.stdout
+    assert "memory per GPU" in r.stdout and "dry run: every check passed" in r.stdout
+    steps = (tmp_path / "srun.log").read_text().splitlines()
+    assert len(steps) == 1 and steps[0].startswith("--nodes=1 --ntasks=1") and "launch/torchrun.sh" in steps[0]
+
+
+def test_container_mode_runs_the_dry_run_in_one_task_of_the_image_first(tmp_path):
+    r = run(["bash", str(REPO / "slurm" / "cpt_1m.sh")], tmp_path, ULTRALONG_CONTAINER_IMAGE=IMAGE,
+            **fake_srun(tmp_path, 2), **{**JOB_32_NODES, "SLURM_GPUS_ON_NODE": "8"})
+    assert r.returncode == 2
+    steps = (tmp_path / "srun.log").read_text().splitlines()
+    assert len(steps) == 1  # the dry run failed (exit 2): the training step never started
+    assert shlex.split(steps[0]) == [
+        "--nodes=1", "--ntasks=1", "--ntasks-per-node=1", "--cpus-per-task=224", f"--container-image={IMAGE}",
+        f"--container-mounts={REPO}:{REPO},{tmp_path}:{tmp_path}", f"--container-workdir={tmp_path}",
+        "python3", "-m", "megatron_ultralong.train", "--dry-run", "--nodes", "32", "--gpus-per-node", "8",
+        "--config", "cpt_1m"]
