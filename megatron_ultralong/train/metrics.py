@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..atomic import atomic_path
-from ..config import Config, head_dim
+from ..config import Config
+from ..planner import model_flops_per_token
 
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "tokens", "loss_tokens", "tokens_per_s", "mfu", "mem_gb",
                "step_time_s")
@@ -33,13 +34,7 @@ def train_flops_per_token(cfg: Config) -> float:
     Forward per token: 2 FLOPs per matmul weight (QKV, output projection, SwiGLU's three matrices, the output
     layer) plus causal attention scores and values: 2 · 2 · (s/2) · heads · head_dim per layer.
     """
-    m = cfg.model
-    hd = head_dim(m)
-    q, kv = m.num_attention_heads * hd, m.num_query_groups * hd
-    per_layer = m.hidden_size * (q + 2 * kv) + q * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size
-    matmul_weights = m.num_layers * per_layer + m.hidden_size * m.vocab_size
-    attention = m.num_layers * 2 * cfg.data.seq_length * q  # causal: half of the 4·s·q of full attention
-    return 3.0 * (2.0 * matmul_weights + attention)
+    return model_flops_per_token(cfg.model, cfg.data.seq_length)  # one home: the planner's (docs/planner.md)
 
 
 def peak_flops_per_gpu() -> Optional[float]:
