@@ -9,16 +9,12 @@ What it checks and where each check lives: docs/slurm.md ("First launch").
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..checkpoint import CheckpointError
 from ..config import Config, ConfigError, data_parallel_size, head_dim, validate
 from .stage import load_training_config, source_checkpoint
-
-GiB = 1024 ** 3
-_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def dry_run(recipe: str, overrides: Optional[List[str]] = None, nodes: Optional[int] = None,
@@ -87,42 +83,16 @@ def layout_line(cfg: Config, world_size: Optional[int], where: str) -> str:
             f"per sequence")
 
 
-def parameters_per_gpu(cfg: Config) -> int:
-    """Parameters held by the busiest GPU: its pipeline stage's layers and embedding/output, split by TP."""
-    m, p = cfg.model, cfg.parallel
-    shapes = expected_tensors(cfg)
-    layer = sum(math.prod(s[1:]) for k, s in shapes.items() if k.startswith("decoder.layers."))
-    embedding = math.prod(shapes["embedding.word_embeddings.weight"])
-    output = math.prod(shapes["output_layer.weight"]) if "output_layer.weight" in shapes else 0
-    layers = math.ceil(m.num_layers / p.pp) * layer
-    first, last = embedding + layers, output + layers + m.hidden_size
-    return math.ceil((first + (last - layers) if p.pp == 1 else max(first, last)) / p.tp)
-
-
-def memory_estimate(cfg: Config, world_size: Optional[int]) -> Dict[str, float]:
-    """GiB per GPU of weights, gradients (FP32 buffers) and optimizer state (FP32 master copy unless the weights are
-    FP32, Adam's two moments; sharded over dp·cp by the distributed optimizer). No activations. A simple stand-in
-    for the planner's model."""
-    n = parameters_per_gpu(cfg)
-    width = _BYTES.get(cfg.model.params_dtype, 4)
-    shards = 1
-    if cfg.optim.use_distributed_optimizer and world_size is not None:
-        shards = data_parallel_size(cfg.parallel, world_size) * cfg.parallel.cp
-    optimizer = n * ((0 if width == 4 else 4) + 8) / shards
-    return {"parameters": n, "weights": n * width / GiB, "grads": n * 4 / GiB, "optimizer": optimizer / GiB,
-            "optimizer_shards": shards}
-
-
-def _gib(x: float) -> str:
-    return f"{x:.2f} GiB" if x >= 0.1 else f"{x * 1024:.1f} MiB"
-
-
 def memory_line(cfg: Config, world_size: Optional[int]) -> str:
-    e = memory_estimate(cfg, world_size)
-    total = e["weights"] + e["grads"] + e["optimizer"]
-    return (f"memory per GPU (weights + grads + optimizer state, activations not included): {e['parameters']:,} "
-            f"parameters, {_gib(e['weights'])} weights ({cfg.model.params_dtype}) + {_gib(e['grads'])} grads (fp32) + "
-            f"{_gib(e['optimizer'])} optimizer (over {e['optimizer_shards']} shard(s)) = {_gib(total)}")
+    """The planner's per-GPU memory (GB = 1e9 bytes) of this layout (dp 1 when the world size is unknown)."""
+    from ..planner import Layout, memory, params_per_gpu, workload_from_config
+
+    p = cfg.parallel
+    dp = data_parallel_size(p, world_size) if world_size is not None else 1
+    gb = memory(cfg.model, workload_from_config(cfg), Layout(p.tp, p.pp, p.cp, dp))
+    parts = " + ".join(f"{gb[k]:.2f} {k}" for k in ("weights", "grads", "optimizer", "activations", "logits"))
+    return (f"memory per GPU (megatron_ultralong/planner.py, GB): {params_per_gpu(cfg.model, p.tp, p.pp):,} "
+            f"parameters; {parts} + allowance = {gb['total']:.2f} total")
 
 
 # ---------------------------------------------------------------------------------- the checkpoint's tensors
@@ -189,5 +159,5 @@ def check_checkpoint_tensors(iter_dir: str, cfg: Config) -> str:
             + (f"; {len(ignored)} other tensors are not loaded ({', '.join(ignored[:3])})" if ignored else ""))
 
 
-__all__ = ["dry_run", "job_world_size", "expected_tensors", "saved_tensors", "check_checkpoint_tensors",
-           "memory_estimate", "parameters_per_gpu"]
+__all__ = ["dry_run", "job_world_size", "layout_line", "memory_line", "expected_tensors", "saved_tensors",
+           "check_checkpoint_tensors"]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from megatron_ultralong.config import load_recipe
-from megatron_ultralong.train.dry_run import expected_tensors, job_world_size, parameters_per_gpu, saved_tensors
+from megatron_ultralong.train.dry_run import expected_tensors, job_world_size, memory_line, saved_tensors
 
 from .helpers import REPO
 from .helpers import run as train
@@ -137,8 +137,7 @@ def test_a_good_setup_prints_layout_memory_and_checkpoint_and_exits_0(data, ckpt
         assert code == 0, err
         assert err.strip() == "", err
         assert f"layout: world size 1 = 1 node(s) × 1 per node {where}: tp 1 · pp 1 · cp 1 · dp 1" in out, out
-        assert "memory per GPU (weights + grads + optimizer state, activations not included): 139,584 parameters" \
-            in out, out
+        assert "memory per GPU (megatron_ultralong/planner.py, GB): 139,584 parameters; 0.00 weights + " in out, out
         assert "its 9 weights match the model; 4 _extra_state entries are skipped on load" in out, out
         assert out.strip().endswith("dry run: every check passed")
         assert seconds < 10, seconds
@@ -166,9 +165,12 @@ def test_the_expected_keys_are_the_ones_the_trainer_saves(ckpt):
     assert extra and all(k.endswith("._extra_state") for k in extra)
 
 
-def test_llama_8b_parameter_count_and_world_size_sources():
-    cfg = load_recipe("cpt_1m")
-    assert parameters_per_gpu(cfg) * cfg.parallel.tp == 8_030_261_248  # Llama-3.1-8B
+def test_the_memory_line_is_the_planners_and_world_size_sources():
+    from megatron_ultralong.planner import Layout, memory, workload_from_config
+
+    cfg = load_recipe("cpt_1m")  # tp 8 · cp 16 · dp 2 on 256 GPUs
+    total = memory(cfg.model, workload_from_config(cfg), Layout(8, 1, 16, 2))["total"]
+    assert memory_line(cfg, 256).endswith(f"+ allowance = {total:.2f} total")
     assert job_world_size(None, None, {"SLURM_NNODES": "32", "SLURM_GPUS_ON_NODE": "8"})[0] == 256
     assert job_world_size(4, None, {"SLURM_JOB_NUM_NODES": "32", "SLURM_GPUS_ON_NODE": "8"})[0] == 32
     assert job_world_size(None, None, {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "0"})[0] == 2  # CPU nodes
