@@ -21,8 +21,8 @@
 # mode: one task in the image): bad input is one error line and exit 2 before the training step starts.
 # Preemption: each training script asks for `--signal=B:USR1@<lead>` (the planner's one step + one save + 60 s,
 # see its header). The trap below passes USR1 (or a TERM sent to this shell) to the training step as USR1,
-# waits for it to save a checkpoint and exit 75, then runs `scontrol requeue`; the requeued job resumes from <checkpoint dir>/latest. Any other exit code ends the job
-# with that code.
+# waits for it to save a checkpoint and exit 75, then runs `scontrol requeue`; the requeued job resumes from
+# <checkpoint dir>/latest. Any other exit code ends the job with that code.
 
 : "${ULTRALONG_HOME:?slurm/common.sh is sourced by the slurm/*.sh scripts, which set ULTRALONG_HOME}"
 
