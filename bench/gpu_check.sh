@@ -72,7 +72,7 @@ env["attention_path"] = "te" if env["transformer_engine"] and env["cuda"] else \
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(env))
 EOF
-log "environment: $(cat "$OUT/environment.json" 2>/dev/null | tr -d '\n ')"
+log "environment: $(tr -d '\n ' 2>/dev/null < "$OUT/environment.json")"
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
     && [[ ${GPU_CHECK_ALLOW_CPU:-0} != 1 ]]; then
   log "error: no CUDA GPU here; run on the GPU machine (or GPU_CHECK_ALLOW_CPU=1 for the CPU rehearsal)"
