@@ -211,10 +211,11 @@ class Trainer:
     def train(self) -> int:
         """Run to ``train.max_steps``; returns EXIT_OK, or EXIT_PREEMPTED after a signal and a checkpoint. Rank 0
         prints a start-up summary first and an end-of-run summary last."""
-        for line in start_summary(self):
+        report = self.ctx.rank == 0  # the summaries read files (the tokenizer's template): rank 0 alone
+        for line in start_summary(self) if report else []:
             log(line)
         code = self._train()
-        for line in end_summary(self, code):
+        for line in end_summary(self, code) if report else []:
             log(line)
         return code
 
