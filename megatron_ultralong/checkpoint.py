@@ -173,16 +173,23 @@ def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool):
 
 
 # ------------------------------------------------------------------------------------------------ RNG
-def _rng_sharded_object():
-    """This rank's RNG states as a ShardedObject keyed by (pp, tp, cp) rank; DP replicas hold equal states."""
+def rng_states() -> Dict[str, Any]:
+    """This rank's RNG states (torch, CUDA, Megatron's tracker): what a checkpoint stores."""
     import torch
-    from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
     state = {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _rng_sharded_object():
+    """This rank's RNG states as a ShardedObject keyed by (pp, tp, cp) rank; DP replicas hold equal states."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    state = rng_states()
     shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
              ps.get_context_parallel_world_size())
     offset = (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
@@ -190,7 +197,8 @@ def _rng_sharded_object():
     return ShardedObject("rng_state", state, shape, offset, replica_id=ps.get_data_parallel_rank())
 
 
-def _restore_rng(state: Dict[str, Any]) -> None:
+def restore_rng_states(state: Dict[str, Any]) -> None:
+    """Put back what rng_states() returned."""
     import torch
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
@@ -350,7 +358,7 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
         with cpu_shims.cuda_to_cpu():
             optimizer.load_state_dict(state["optimizer"])
         if "rng_state" in state:
-            _restore_rng(state["rng_state"])
+            restore_rng_states(state["rng_state"])
     if scheduler is not None and meta.get("scheduler"):
         scheduler.load_state_dict(meta["scheduler"])
     meta["rng_restored"] = "rng_state" in state

@@ -241,6 +241,11 @@ class CheckpointConfig:
     allow_model_change: bool = False
     """Train with non-shape model fields (model.arch, model.norm_eps) other than the checkpoint's; refused by
     default."""
+    signal_deadline_s: Optional[float] = None
+    """Seconds from a preemption signal (USR1/TERM) until the job is killed (the sbatch --signal lead, or the
+    preemption grace time). Between micro-batches, a step whose rest plus a save no longer fits is abandoned: the
+    previous step's checkpoint is saved, exit 75, the requeued job redoes the step. None: $SLURM_JOB_END_TIME when
+    SLURM sets it, else every step in progress is finished."""
 
 
 @dataclass

@@ -261,6 +261,9 @@ def validate_checkpoint(cfg: Config, world_size: Optional[int] = None) -> None:
     c = cfg.checkpoint
     _check(c.interval >= 0, f"checkpoint.interval={c.interval}: must be >= 0 (0 = only at the end)")
     _check(c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last}: must be >= 1")
+    _check(c.signal_deadline_s is None or c.signal_deadline_s >= 0,
+           f"checkpoint.signal_deadline_s={c.signal_deadline_s}: must be >= 0 seconds (0 = abandon the step in "
+           f"progress at once), or null to use the SLURM job's end time")
 
 
 SECTIONS = (validate_model, validate_yarn_section, validate_parallel, validate_data, validate_optim, validate_train,

@@ -23,18 +23,26 @@ import torch
 import torch.distributed as dist
 
 from .. import cpu_shims
-from ..checkpoint import CheckpointError, find_latest, layout_summary, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    find_latest,
+    layout_summary,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from ..config import Config, ConfigError, checkpoint_dir, config_from_dict, dump_recipe
 from ..data.checks import check_data
 from ..model.builder import TORCH_DTYPES, build_model
 from ..parallel import destroy_distributed, init_distributed
 from ..rope import resolved_yarn_factor
-from ..signals import PREEMPTION_SIGNALS
+from ..signals import PREEMPTION_SIGNALS, rest_of_step_s, signal_deadline
 from . import EXIT_OK, EXIT_PREEMPTED, prepare_run_dir
 from .metrics import MetricsLogger, memory_gb, peak_flops_per_gpu, train_flops_per_token
 from .schedule import LRSchedule
 from .separator_rows import init_separator_rows
-from .step import forward_backward
+from .step import StepAbandoned, forward_backward
 
 
 @contextlib.contextmanager
@@ -109,14 +117,18 @@ def build_optimizer(cfg: Config, model_chunks: List[torch.nn.Module], use_distri
 
 
 class PreemptionSignal:
-    """SIGTERM / SIGUSR1 set a flag; the loop finishes its step, agrees across ranks, saves and exits 75."""
+    """SIGTERM / SIGUSR1 set a flag; the loop finishes its step (or abandons it between micro-batches when it
+    cannot finish in time), agrees across ranks, saves and exits 75."""
 
     def __init__(self):
         self.received: Optional[str] = None
+        self.received_at: Optional[float] = None
+        """UNIX time of the first signal."""
         self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
+        self.received_at = self.received_at or time.time()
 
     def requested_on_any_rank(self, device) -> bool:
         """True when any rank got a signal (one tiny all-reduce per step, so all ranks stop at the same step)."""
@@ -136,6 +148,11 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.last_loss: Optional[float] = None
         self.last_checkpoint: Optional[str] = None
+        self.saved_step: Optional[int] = None  # the step whose checkpoint exists (resumed or saved here)
+        self.save_s = 0.0  # the last save's duration (this run's, else the resumed checkpoint's record)
+        self.optimizer_s = 0.0  # the last optimizer step's duration
+        self.rng_at_step_start: Dict[str, object] = {}  # RNG states when the step in progress began
+        self.shortfall_note = ""  # this rank's time estimate at the last micro-batch check after a signal
         self.cfg = cfg
         check_data(cfg)  # data paths, tokenizer, separator, SFT schema: seconds, before any process group or model
         self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
@@ -190,6 +207,7 @@ class Trainer:
             diff = self.schedule.differences(meta.get("scheduler") or {})
             if diff:
                 log(f"LR schedule differs from the checkpoint's, following the recipe: {diff}")
+            self.saved_step, self.save_s = meta["step"], float(meta["extra"].get("save_s") or 0.0)
             return meta["step"], int(meta["extra"]["consumed_samples"])
         if cfg.checkpoint.init_from:
             try:
@@ -229,7 +247,10 @@ class Trainer:
             f"{self.num_microbatches} micro-batch(es) of {cfg.train.micro_batch_size} per rank and step")
         interval = cfg.checkpoint.interval
         while self.step < cfg.train.max_steps:
-            record = self.train_step()
+            try:
+                record = self.train_step()
+            except StepAbandoned as e:
+                return self.abandon_step(e)
             self.last_loss = record["loss"]
             self.metrics.write(record)
             if not math.isfinite(record["loss"]):
@@ -246,18 +267,23 @@ class Trainer:
         return EXIT_OK
 
     def train_step(self) -> Dict[str, object]:
-        """One optimizer step over the global batch; returns the metrics record."""
+        """One optimizer step over the global batch; returns the metrics record. Raises StepAbandoned (model and
+        optimizer untouched) when a preemption signal leaves too little time for the rest of the step."""
         cfg = self.cfg
         step = self.step + 1
+        self.rng_at_step_start = rng_states()  # what a save after an abandoned step must record
         t0 = time.perf_counter()
         batches = [next(self.data) for _ in range(self.num_microbatches)]
         lr = self.schedule.apply(self.optimizer, step)
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        out = forward_backward(self.model, batches, cfg)
+        check = (lambda k: self.out_of_time(k, t0)) if cfg.parallel.pp == 1 else None
+        out = forward_backward(self.model, batches, cfg, before_microbatch=check)
+        t_opt = time.perf_counter()
         with megatron_optimizer_shims():
             _, grad_norm, _ = self.optimizer.step()
+        self.optimizer_s = time.perf_counter() - t_opt
         loss_sum, loss_tokens = self.global_loss(out)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -285,13 +311,50 @@ class Trainer:
                            group=ps.get_pipeline_model_parallel_group())
         return float(t[0]), float(t[1])
 
+    def out_of_time(self, k: int, t0: float) -> bool:
+        """Before micro-batch k (1..n-1) of the step that started at ``t0`` (perf_counter), on every rank: True when
+        a rank got a preemption signal and, on some rank, the time left before the deadline (signals.
+        signal_deadline) is shorter than the rest of the step plus a save. One tiny all-reduce (MAX) per call."""
+        p = self.preemption
+        shortfall = 0.0  # seconds the rest of the step plus a save overrun the deadline, if positive
+        if p.received:
+            deadline = signal_deadline(p.received_at, self.cfg.checkpoint.signal_deadline_s)
+            need = rest_of_step_s(time.perf_counter() - t0, k, self.num_microbatches, self.optimizer_s) + self.save_s
+            shortfall = need - (deadline - time.time()) if deadline is not None else -math.inf
+            self.shortfall_note = (f"{need:.0f}s needed for the rest of the step and a save, "
+                                   + (f"{deadline - time.time():.0f}s left" if deadline is not None else
+                                      "no deadline known"))
+        flag = torch.tensor([1.0 if p.received else 0.0, shortfall if p.received else -math.inf],
+                            device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag[0].item()) and float(flag[1].item()) > 0
+
+    def abandon_step(self, e: StepAbandoned) -> int:
+        """The step in progress stopped between micro-batches: drop its partial gradients, make sure the previous
+        step's checkpoint exists (model and optimizer still hold that step's state; the RNG goes back to the step's
+        start), and return EXIT_PREEMPTED. The requeued job redoes the step bit-identically."""
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        restore_rng_states(self.rng_at_step_start)
+        note = self.shortfall_note or "deadline passed on another rank"
+        what = f"step {self.step + 1} abandoned before micro-batch {e.index + 1}/{e.total} ({note})"
+        had = self.saved_step == self.step
+        if not had:
+            self.save()
+        log(f"{self.preemption.received or 'signal on another rank'}: {what}; checkpoint of step "
+            f"{self.step} {'already saved' if had else 'saved'}, exiting with {EXIT_PREEMPTED} for requeue")
+        return EXIT_PREEMPTED
+
     def save(self) -> str:
-        """Checkpoint of the current step (model, optimizer, RNG, schedule, data position, config)."""
+        """Checkpoint of the current step (model, optimizer, RNG, schedule, data position, config, and the previous
+        save's duration for the next run's deadline estimate)."""
         t0 = time.perf_counter()
         path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.cfg, self.optimizer, self.schedule,
-                               extra={"consumed_samples": self.consumed_samples})
-        log(f"saved {path} in {time.perf_counter() - t0:.1f}s")
-        self.last_checkpoint = path
+                               extra={"consumed_samples": self.consumed_samples, "save_s": self.save_s})
+        self.save_s = time.perf_counter() - t0
+        log(f"saved {path} in {self.save_s:.1f}s")
+        self.last_checkpoint, self.saved_step = path, self.step
         return path
 
     def close(self) -> None:
