@@ -212,3 +212,35 @@ ultralong_eval() {
   ultralong_log "tools/$tool exited $_UL_RC"
   exit "$_UL_RC"
 }
+
+# ultralong_eval_sharded <tool> [args...]: an evaluation of a Megatron checkpoint (--ckpt ... --tp T --cp C) on
+# every node of the job: one torchrun per node, one worker per GPU (world size nodes × GPUs = T·C), rendezvous on
+# the first node. The tool checks its input on every rank before any weight is read (one error line, exit 2).
+ultralong_eval_sharded() {
+  local tool=$1 mode="bare" per_node
+  shift
+  [[ -f $ULTRALONG_HOME/tools/$tool ]] || ultralong_die "tools/$tool does not exist in $ULTRALONG_HOME: this" \
+    "checkout has no such evaluation tool yet; update the checkout"
+  _ul_job
+  per_node=${ULTRALONG_NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
+  _ul_srun_prefix 1
+  local cmd=("${_UL_SRUN[@]}" "${ULTRALONG_PYTHON:-python3}" -m torch.distributed.run --nnodes="$_UL_NODES"
+             --nproc-per-node="$per_node" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"
+             "$ULTRALONG_HOME/tools/$tool" "$@")
+  if _ul_dry_run; then _ul_print_command "${cmd[@]}"; return 0; fi
+  _ul_setup_env
+  if [[ -n ${ULTRALONG_CONTAINER_IMAGE:-} ]]; then mode="container $ULTRALONG_CONTAINER_IMAGE"; fi
+  ultralong_log "job $SLURM_JOB_ID, $_UL_NODES node(s) × $per_node worker(s), $mode: tools/$tool $*"
+  _ul_run_step "${cmd[@]}"
+  ultralong_log "tools/$tool exited $_UL_RC"
+  exit "$_UL_RC"
+}
+
+# ultralong_eval_tool <tool> [args...]: ultralong_eval_sharded with --ckpt, else ultralong_eval (an HF folder).
+ultralong_eval_tool() {
+  local arg
+  for arg in "$@"; do
+    if [[ $arg == --ckpt || $arg == --ckpt=* ]]; then ultralong_eval_sharded "$@"; fi
+  done
+  ultralong_eval "$@"
+}

@@ -2,6 +2,8 @@
 # sbatch slurm/eval_niah.sh --hf hf/llama31-8b-4m --lengths 131072,1048576 --out eval/niah_4m [--min-accuracy 0.9]
 # Passkey needle-in-a-haystack over a length x depth grid on an exported HF model: runs tools/eval_niah.py with
 # the arguments given here, unchanged (python tools/eval_niah.py --help). Writes <out>/niah.json and niah.png.
+# A Megatron checkpoint on several nodes (one torchrun per node, one worker per GPU, world = tp·cp; GPUs per
+# target length: docs/eval.md): sbatch --nodes=2 --gpus-per-node=8 slurm/eval_niah.sh --ckpt CKPT --tp 8 --cp 2 ...
 #SBATCH --job-name=ultralong-eval-niah
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -26,4 +28,4 @@ fi
 # shellcheck source=slurm/common.sh
 source "$ULTRALONG_HOME/slurm/common.sh"
 
-ultralong_eval eval_niah.py "$@"
+ultralong_eval_tool eval_niah.py "$@"

@@ -4,6 +4,8 @@
 # Perplexity vs context length on held-out long documents with an exported HF model: runs
 # tools/eval_perplexity.py with the arguments given here, unchanged (python tools/eval_perplexity.py --help).
 # Writes <out>/perplexity.json and perplexity.png.
+# A Megatron checkpoint on several nodes (one torchrun per node, one worker per GPU, world = tp·cp; GPUs per
+# target length: docs/eval.md): sbatch --nodes=2 --gpus-per-node=8 slurm/eval_perplexity.sh --ckpt CKPT --tp 8 --cp 2 ...
 #SBATCH --job-name=ultralong-eval-ppl
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -28,4 +30,4 @@ fi
 # shellcheck source=slurm/common.sh
 source "$ULTRALONG_HOME/slurm/common.sh"
 
-ultralong_eval eval_perplexity.py "$@"
+ultralong_eval_tool eval_perplexity.py "$@"

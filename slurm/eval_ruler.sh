@@ -3,6 +3,8 @@
 # RULER-style tasks (multi-key/value/query NIAH, variable tracking) over lengths on an exported HF model: runs
 # tools/eval_ruler.py with the arguments given here, unchanged (python tools/eval_ruler.py --help). Writes
 # <out>/ruler.json and ruler.png.
+# A Megatron checkpoint on several nodes (one torchrun per node, one worker per GPU, world = tp·cp; GPUs per
+# target length: docs/eval.md): sbatch --nodes=2 --gpus-per-node=8 slurm/eval_ruler.sh --ckpt CKPT --tp 8 --cp 2 ...
 #SBATCH --job-name=ultralong-eval-ruler
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -27,4 +29,4 @@ fi
 # shellcheck source=slurm/common.sh
 source "$ULTRALONG_HOME/slurm/common.sh"
 
-ultralong_eval eval_ruler.py "$@"
+ultralong_eval_tool eval_ruler.py "$@"
