@@ -88,7 +88,8 @@ run planner 30 "$PY" tools/plan.py --model llama3.1-8b --target-length 4194304 -
 run train_step 240 "$PY" bench/train_step.py ${LENGTHS:+--lengths "$LENGTHS"} --layers "${GPU_CHECK_LAYERS:-2}" \
   --json "$OUT/train_step.json"
 if [[ -f bench/inference.py ]]; then
-  run inference 60 "$PY" bench/inference.py --json "$OUT/inference.json"
+  # on a GPU: 128K tokens (its default), ours at CP 1 (and 2 with two GPUs) vs transformers, 8 new tokens
+  run inference 90 "$PY" bench/inference.py --new-tokens 8 --json "$OUT/inference.json"
 else
   log "inference: no bench/inference.py in this checkout; skipped"
 fi
