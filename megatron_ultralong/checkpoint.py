@@ -3,6 +3,7 @@
     path = save_checkpoint(ckpt_dir, step, model_chunks, cfg, optimizer, scheduler, extra={...})  # all ranks
     meta = load_checkpoint(ckpt_dir, model_chunks, optimizer, scheduler)   # follows <ckpt_dir>/latest
     meta = read_meta(ckpt_dir)                                             # no process group needed
+    saves = AsyncSaves(); save_checkpoint(..., async_saves=saves); saves.poll(); saves.wait()  # background writes
 
 On disk: ``<ckpt_dir>/latest`` names the newest complete ``iter_*`` folder; a save in progress lives in a hidden
 ``.iter_*.tmp`` folder until it is published. Layout, what is stored and why a kill is safe: docs/training.md.
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .atomic import publish_dir, write_text_atomic
 from .config import Config, data_parallel_size, to_dict
@@ -29,9 +30,9 @@ FORMAT = "megatron-ultralong/1"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
 ITER_PREFIX = "iter_"
-# DistributedOptimizer state in a model-space layout that loads into any TP/PP/DP layout.
-_DIST_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
-                        "distrib_optim_fully_reshardable_mem_efficient": True}
+LEGACY_OPTIM_SHARDING = "fully_reshardable"
+"""What DistributedOptimizer checkpoints without an 'optimizer_sharding' entry in meta.json hold (all saved before
+checkpoint.optim_sharding existed)."""
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                 "kv_channels", "vocab_size", "qkv_bias", "tie_word_embeddings")
 """Model fields that decide parameter shapes / names: checkpoint and model must agree (kv_channels as head dim)."""
@@ -167,9 +168,145 @@ def _optimizer_kind(optimizer) -> str:
     return "distributed" if getattr(optimizer.config, "use_distributed_optimizer", False) else "local"
 
 
-def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool):
-    metadata = _DIST_OPTIM_METADATA if _optimizer_kind(optimizer) == "distributed" else {}
+def _dist_optim_metadata(sharding: str) -> Dict[str, Any]:
+    """Megatron's sharded_state_dict metadata for a DistributedOptimizer sharding type (megatron-core 0.16.1,
+    DistributedOptimizer.sharded_state_dict). 'dp_reshardable': every DP×CP rank saves its own flat shard of the
+    optimizer buckets, no communication; it reshards over DP only (Megatron-LM refuses it at another TP/PP). A
+    CP change keeps the buckets (CP does not split parameters), so it loads like a DP change.
+    'fully_reshardable': gathered into model space on DP rank 0 (over gloo: ``mem_efficient``), any layout."""
+    if sharding == "dp_reshardable":
+        return {"distrib_optim_sharding_type": "dp_reshardable"}
+    return {"distrib_optim_sharding_type": "fully_reshardable", "distrib_optim_fully_reshardable_mem_efficient": True}
+
+
+def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool, sharding: Optional[str]):
+    """``sharding``: the DistributedOptimizer's sharding type; None for Megatron's non-sharded optimizer, whose
+    state follows the model's sharded tensors and reshards to any layout."""
+    metadata = _dist_optim_metadata(sharding) if sharding is not None else {}
     return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
+
+
+def optimizer_sharding_of(meta: Dict[str, Any]) -> Optional[str]:
+    """The DistributedOptimizer sharding type a checkpoint holds (meta.json), None for another optimizer."""
+    if meta.get("optimizer") != "distributed":
+        return None
+    return meta.get("optimizer_sharding") or LEGACY_OPTIM_SHARDING
+
+
+def check_optimizer_resharding(meta: Dict[str, Any], tp: int, pp: int) -> None:
+    """A resume at tensor/pipeline size ``tp``/``pp``: raise CheckpointError when the checkpoint's optimizer
+    state cannot be resharded to them (dp_reshardable: DP and CP may change, TP and PP may not). meta.json only."""
+    was = meta["layout"]
+    if optimizer_sharding_of(meta) != "dp_reshardable" or (was["tp"], was["pp"]) == (tp, pp):
+        return
+    raise CheckpointError(
+        f"{meta['path']}: its distributed optimizer state is dp_reshardable, saved at tp{was['tp']}·pp{was['pp']}: it "
+        f"resumes at that tp and pp only (dp and cp may change), not at tp{tp}·pp{pp}; resume at "
+        f"parallel.tp={was['tp']} parallel.pp={was['pp']} with checkpoint.optim_sharding=fully_reshardable for one "
+        f"more save (e.g. train.max_steps={meta['step'] + 1}), then change the layout")
+
+
+# ------------------------------------------------------------------------------------------- strategies
+def save_strategy(fully_parallel: bool):
+    """torch_dist writer; with ``fully_parallel`` wrapped in Megatron's FullyParallelSaveStrategyWrapper over the
+    DP×CP group: the tensors that DP (and CP) replicas hold alike are split among them, so every replica writes a
+    share instead of DP rank 0 writing all (Megatron-LM's --ckpt-fully-parallel-save, training/checkpointing.py)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    strategy = get_default_save_sharded_strategy("torch_dist", 1)
+    group = ps.get_data_parallel_group(with_context_parallel=True)
+    if fully_parallel and group.size() > 1:
+        strategy = FullyParallelSaveStrategyWrapper(strategy, group)
+    return strategy
+
+
+def load_strategy(iter_dir: str, fully_parallel: bool):
+    """The checkpoint's reader; with ``fully_parallel`` each DP×CP replica reads a share of the tensors it holds
+    alike with the others and they exchange them (FullyParallelLoadStrategyWrapper), instead of every rank reading
+    its whole shard. The exchange is Megatron's default broadcast on GPU; without CUDA all_gather_object, since
+    the broadcast moves tensors with ``Tensor.cuda()`` (dist_checkpointing/exchange_utils.py)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+
+    from . import cpu_shims
+
+    strategy = get_default_load_sharded_strategy(iter_dir)
+    group = ps.get_data_parallel_group(with_context_parallel=True)
+    if fully_parallel and group.size() > 1:
+        algo = "gather_object" if cpu_shims.cuda_absent() else "broadcast"
+        strategy = FullyParallelLoadStrategyWrapper(strategy, group, exchange_algo=algo)
+    return strategy
+
+
+# ------------------------------------------------------------------------------------ background saves
+class AsyncSaves:
+    """Checkpoint writes running in background processes (checkpoint.async_save) and their publication.
+
+        saves = AsyncSaves()
+        save_checkpoint(..., async_saves=saves)   # returns once every rank has handed its state to a writer
+        saves.poll()                              # publishes the saves every rank has finished writing
+        saves.wait()                              # blocks until all are published (before exit, a preemption)
+
+    Megatron's AsyncCallsQueue forks one writer per save (a copy-on-write snapshot of the state at the save);
+    the publish (meta.json, rename, 'latest') is the last of its finalize functions, which run on every rank
+    only after every rank's writer has finished, so a kill at any moment still leaves 'latest' naming a complete
+    checkpoint. poll() and wait() are collective: every rank calls them at the same points.
+    """
+
+    def __init__(self):
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self._queue = AsyncCallsQueue(persistent=False)
+        self._pending: List[str] = []  # scheduled, not yet published (oldest first)
+        self._published: List[Tuple[str, float]] = []  # (path, seconds from the save's start to its publish)
+
+    @property
+    def pending(self) -> List[str]:
+        """Paths of the saves still being written or awaiting publication, oldest first."""
+        return list(self._pending)
+
+    def _schedule(self, request, path: str, publish: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+
+        def finalize():
+            publish()
+            self._pending.remove(path)
+            self._published.append((path, time.perf_counter() - t0))
+
+        request.add_finalize_fn(finalize)
+        self._queue.schedule_async_request(request)  # forks the writer: inside save_checkpoint's helpers_shielded()
+        self._pending.append(path)
+
+    def poll(self, blocking: bool = False) -> List[Tuple[str, float]]:
+        """Publish the saves whose files every rank has written (``blocking``: wait for all of them); returns
+        [(path, seconds from the save's start to its publish)]. A failed write raises CheckpointError on every
+        rank; the checkpoint 'latest' names is untouched."""
+        from . import cpu_shims
+
+        if not self._pending:
+            return []
+        try:
+            with cpu_shims.cuda_to_cpu():
+                self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except Exception as e:  # Megatron raises the failed rank's error on every rank
+            failed = self._pending.pop(0)
+            raise CheckpointError(f"{failed}: the background checkpoint write failed ({_one_line(e)}); 'latest' "
+                                  f"still names the previous checkpoint") from None
+        done, self._published = self._published, []
+        return done
+
+    def wait(self) -> List[Tuple[str, float]]:
+        """poll(blocking=True): every pending save is published when it returns."""
+        return self.poll(blocking=True)
+
+    def abort(self) -> None:
+        """Kill the writers without publishing (an error exit, when the ranks may no longer meet): the temp
+        folders they leave are removed by the next save. Not collective."""
+        self._queue.close(abort=True)
+        self._pending.clear()
 
 
 # ------------------------------------------------------------------------------------------------ RNG
@@ -259,12 +396,17 @@ def _publish(ckpt_dir: str, step: int, keep_last: int) -> None:
 
 
 def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Module"], cfg: Config, optimizer=None,
-                    scheduler=None, extra: Optional[Dict[str, Any]] = None) -> str:
+                    scheduler=None, extra: Optional[Dict[str, Any]] = None,
+                    async_saves: Optional[AsyncSaves] = None) -> str:
     """Save on all ranks and publish ``<ckpt_dir>/iter_{step:07d}`` atomically; returns its path.
 
     ``optimizer``: a Megatron optimizer (its sharded state is saved) or None (weights only, e.g. a converted
     model). ``scheduler``: anything with a JSON-serialisable ``state_dict()``. ``extra``: JSON-serialisable
     dict stored in meta.json (the trainer stores the data position there). Keeps ``checkpoint.keep_last``.
+    ``async_saves``: write in the background instead: this returns once the state is handed to the writers, the
+    path appears when ``async_saves`` publishes it (poll / wait); saves still pending are published first.
+    Writers share the work over the DP×CP replicas with ``checkpoint.fully_parallel``; a DistributedOptimizer
+    saves its state as ``checkpoint.optim_sharding``.
     """
     import torch
     import torch.distributed as dist
@@ -272,11 +414,15 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
 
     from . import cpu_shims
 
+    if async_saves is not None:
+        async_saves.wait()  # in order, and before this save's clean-up removes their temp folders
     rank0 = dist.get_rank() == 0
+    kind = _optimizer_kind(optimizer) if optimizer is not None else None
+    sharding = cfg.checkpoint.optim_sharding if kind == "distributed" else None
     # meta.json is rendered on every rank before any file is written: an unserialisable `extra` fails everywhere
     meta_json = json.dumps({
         "format": FORMAT, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "layout": _layout(),
-        "optimizer": _optimizer_kind(optimizer) if optimizer is not None else None,
+        "optimizer": kind, "optimizer_sharding": sharding,
         "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {},
         "config": to_dict(cfg), "versions": {"torch": torch.__version__, "megatron_core": _megatron_version()},
     }, indent=1)
@@ -291,28 +437,38 @@ def save_checkpoint(ckpt_dir: str, step: int, model_chunks: List["torch.nn.Modul
 
     sharded = _model_sharded_state_dict(model_chunks)
     if optimizer is not None:
-        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=False)
+        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=False, sharding=sharding)
     sharded["rng_state"] = _rng_sharded_object()
-    # Megatron's writer spawns a multiprocessing Manager at the first save and keeps it; srun signals every
-    # process of the step, so it and the writers must not die of USR1/TERM (docs/training.md, "Preemption")
-    with cpu_shims.cuda_to_cpu(), helpers_shielded():
-        dist_checkpointing.save(sharded, tmp, sharded_strategy=("torch_dist", 1))
-    dist.barrier()  # every rank's files are written
 
-    if rank0:
-        write_text_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
-        _publish(ckpt_dir, step, cfg.checkpoint.keep_last)
-    dist.barrier()  # nobody returns (and maybe exits) before the checkpoint is published
+    def publish():
+        dist.barrier()  # every rank's files are written
+        if rank0:
+            write_text_atomic(os.path.join(tmp, META_FILE), meta_json)  # last file in: its presence marks a full write
+            _publish(ckpt_dir, step, cfg.checkpoint.keep_last)
+        dist.barrier()  # nobody returns (and maybe exits) before the checkpoint is published
+
+    # Megatron's writer spawns a multiprocessing Manager at the first save and keeps it, an async save forks a
+    # writer; srun signals every process of the step, so none may die of USR1/TERM (docs/training.md, "Preemption")
+    with cpu_shims.cuda_to_cpu(), helpers_shielded():
+        request = dist_checkpointing.save(sharded, tmp, sharded_strategy=save_strategy(cfg.checkpoint.fully_parallel),
+                                          async_sharded_save=async_saves is not None)
+        if async_saves is not None:
+            async_saves._schedule(request, final, publish)
+    if async_saves is None:
+        publish()
     return final
 
 
-def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=None, scheduler=None) -> dict:
+def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=None, scheduler=None,
+                    fully_parallel: bool = False) -> dict:
     """Load a checkpoint into this rank's model (any TP/PP/CP layout: dist_checkpointing reshards); returns meta.
 
     ``path``: a checkpoint directory (follows 'latest') or an iter directory. With an ``optimizer`` this is a
-    resume: the optimizer state is loaded (resharded too) and, when the TP/PP/CP layout is unchanged, every
-    rank's RNG states. Without one, only the weights are loaded (initialisation from a converted model or an
-    earlier stage). Raises CheckpointError (one line) for a missing, corrupt or other-architecture checkpoint.
+    resume: the optimizer state is loaded (resharded too; a dp_reshardable DistributedOptimizer state only to
+    another DP/CP size, check_optimizer_resharding) and, when the TP/PP/CP layout is unchanged, every rank's RNG
+    states. Without one, only the weights are loaded (initialisation from a converted model or an earlier stage).
+    ``fully_parallel``: DP×CP replicas share the reading (load_strategy). Raises CheckpointError (one line) for a
+    missing, corrupt or other-architecture checkpoint.
     """
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
@@ -322,6 +478,7 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
     meta = read_meta(path)
     iter_dir = meta["path"]
     check_same_architecture(meta, model_chunks)
+    layout_now = _layout()
     sharded = _model_sharded_state_dict(model_chunks)
     if optimizer is not None:
         if meta.get("optimizer") is None:
@@ -331,8 +488,9 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
             raise CheckpointError(f"{iter_dir}: optimizer state was saved by the {meta['optimizer']} optimizer, "
                                   f"this run uses the {_optimizer_kind(optimizer)} one; match "
                                   f"optim.use_distributed_optimizer or start from it via checkpoint.init_from")
-        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=True)
-    layout_now = _layout()
+        check_optimizer_resharding(meta, layout_now["tp"], layout_now["pp"])
+        sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, sharded, is_loading=True,
+                                                             sharding=optimizer_sharding_of(meta))
     same_layout = all(meta["layout"][k] == layout_now[k] for k in ("tp", "pp", "cp"))
     if optimizer is not None and same_layout:
         sharded["rng_state"] = _rng_sharded_object()
@@ -341,7 +499,7 @@ def load_checkpoint(path: str, model_chunks: List["torch.nn.Module"], optimizer=
     weights_only = optimizer is None
     try:
         with cpu_shims.cuda_to_cpu():
-            state = dist_checkpointing.load(sharded, iter_dir, sharded_strategy=("torch_dist", 1),
+            state = dist_checkpointing.load(sharded, iter_dir, sharded_strategy=load_strategy(iter_dir, fully_parallel),
                                             strict="return_all" if weights_only else "assume_ok_unexpected")
     except (Exception, CheckpointException) as e:  # damaged files surface as many types (DCP's is a BaseException)
         raise CheckpointError(f"{iter_dir}: cannot be loaded ({_one_line(e)}); the checkpoint is corrupt or "

@@ -1,7 +1,11 @@
-"""Checkpoint API: exact round trip, atomic publish + 'latest', keep-last-N, resharding, one-line errors."""
+"""Checkpoint API: exact round trip, atomic publish + 'latest', keep-last-N, resharding, one-line errors,
+fully-parallel and background (async) saves at DP=2."""
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -284,3 +288,253 @@ def test_weights_only_load_skips_extra_state_present_on_one_side_only_and_says_s
     assert ("decoder.final_layernorm._extra_state" in r["keys"]) == load_side
     assert "error" not in r, r["error"]
     assert r["equal"] and r["meta"]["skipped_extra_state"] == [skipped]
+
+
+def _bytes_per_rank(iter_dir):
+    """{global rank: bytes of its torch_dist shard files} (files are named __<rank>_<i>.distcp)."""
+    sizes = {}
+    for f in os.listdir(iter_dir):
+        if f.endswith(".distcp"):
+            rank = int(f[2:].split("_")[0])
+            sizes[rank] = sizes.get(rank, 0) + os.path.getsize(os.path.join(iter_dir, f))
+    return sizes
+
+
+def _dp2_save_both_ways(rank, world, tmp):
+    """DP=2: one step, then the same state saved without and with the fully-parallel strategy; returns which
+    strategies were used, the save times and the loss of each rank's next step (on its own batch)."""
+    import time
+
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    from megatron_ultralong import checkpoint
+    from megatron_ultralong.checkpoint import save_checkpoint
+
+    used = []
+    original = checkpoint.save_strategy
+    checkpoint.save_strategy = lambda fully_parallel: used.append(original(fully_parallel)) or used[-1]
+    cfg = toy_cfg(tmp, "train.global_batch_size=4")
+    model, opt = build_parts(cfg)
+    train_one_step(model, opt, cfg, seed=1)
+    seconds = {}
+    for name, overrides in (("plain", ["checkpoint.fully_parallel=false"]), ("parallel", [])):
+        t0 = time.perf_counter()
+        save_checkpoint(f"{tmp}/{name}", 1, model, toy_cfg(tmp, "train.global_batch_size=4", *overrides), opt)
+        seconds[name] = time.perf_counter() - t0
+    return {"wrapped": [isinstance(s, FullyParallelSaveStrategyWrapper) for s in used], "seconds": seconds,
+            "next_loss": train_one_step(model, opt, cfg, seed=2 + rank)}
+
+
+def _dp2_load_and_step(rank, world, ckpt, fully_parallel):
+    """DP=2: a differently seeded model loads ``ckpt``'s weights alone (init_from), then the whole resume state
+    (fully-parallel loads or not); whether both gave the same weights, and the next step's loss."""
+    from megatron_ultralong.checkpoint import load_checkpoint
+
+    cfg = toy_cfg(os.path.dirname(ckpt), "train.global_batch_size=4")
+    model, opt = build_parts(toy_cfg(os.path.dirname(ckpt), "train.global_batch_size=4", "train.seed=999"))
+    fresh = params_of(model)
+    load_checkpoint(ckpt, model, fully_parallel=fully_parallel)
+    weights = params_of(model)
+    meta = load_checkpoint(ckpt, model, opt, fully_parallel=fully_parallel)
+    same = len(weights) > 0 and all(torch.equal(p, weights[n]) for n, p in params_of(model).items())
+    return {"rng_restored": meta["rng_restored"], "weights_only_equal": same,
+            "fresh_differs": any(not torch.equal(p, weights[n]) for n, p in fresh.items()),
+            "next_loss": train_one_step(model, opt, cfg, seed=2 + rank)}
+
+
+@pytest.mark.slow
+def test_dp2_fully_parallel_save_splits_the_writing_and_resumes_bit_identically(tmp_path):
+    saved = run_ranks(_dp2_save_both_ways, 2, args=(str(tmp_path),))
+    assert saved[0]["wrapped"] == saved[1]["wrapped"] == [False, True]
+    plain, parallel = (_bytes_per_rank(tmp_path / d / "iter_0000001") for d in ("plain", "parallel"))
+    assert plain.get(1, 0) < 0.01 * plain[0]  # DP rank 1 holds replicas only: without the wrapper rank 0 writes all
+    assert min(parallel.values()) > 0.3 * sum(parallel.values()) / 2, parallel  # split about evenly
+    assert abs(sum(parallel.values()) - sum(plain.values())) < 0.05 * sum(plain.values())  # the same content
+    print("bytes per rank, plain:", plain, "fully parallel:", parallel,
+          "save s (rank 0):", {k: round(v, 2) for k, v in saved[0]["seconds"].items()})
+    for name, fully_parallel in (("parallel", True), ("plain", True)):
+        loaded = run_ranks(_dp2_load_and_step, 2, args=(str(tmp_path / name), fully_parallel))
+        for before, after in zip(saved, loaded):  # each DP rank continues on its own batch, bit for bit
+            assert after["fresh_differs"] and after["weights_only_equal"], (name, fully_parallel)
+            assert after["rng_restored"] and after["next_loss"] == before["next_loss"], (name, fully_parallel)
+    one = run_ranks(_load, 1, args=(str(tmp_path / "parallel"), [], True))[0]  # DP=2 -> DP=1: resharded
+    assert "error" not in one and one["meta"]["layout"]["dp"] == 2
+
+
+def _async_save_publishes_only_when_written(rank, world, tmp):
+    """DP=2: an async save at step 1, its helpers signalled the way srun does, one more training step while it is
+    written; returns what the checkpoint dir showed before and after AsyncSaves.wait()."""
+    import signal
+
+    import psutil
+
+    from megatron_ultralong.checkpoint import AsyncSaves, save_checkpoint
+
+    cfg = toy_cfg(tmp, "train.global_batch_size=4", "checkpoint.async_save=true")
+    model, opt = build_parts(cfg)
+    train_one_step(model, opt, cfg, seed=1)
+    saves = AsyncSaves()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    path = save_checkpoint(f"{tmp}/ckpt", 1, model, cfg, opt, extra={"consumed_samples": 4}, async_saves=saves)
+    helpers = psutil.Process().children(recursive=True)  # the forked writer (and what it started)
+    writers = [p for p in helpers if p.pid not in before]
+    for p in helpers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGUSR1)
+            p.send_signal(signal.SIGTERM)
+    listing = sorted(os.listdir(f"{tmp}/ckpt"))
+    pending = saves.pending
+    next_loss = train_one_step(model, opt, cfg, seed=2 + rank)  # changes the state the writer is writing
+    published = saves.wait()
+    return {"path": path, "writers": len(writers), "listing": listing, "pending": pending,
+            "published": [p for p, _ in published], "pending_after": saves.pending, "next_loss": next_loss}
+
+
+@pytest.mark.slow
+def test_async_save_publishes_atomically_after_every_rank_wrote_and_resumes_bit_identically(tmp_path):
+    r = run_ranks(_async_save_publishes_only_when_written, 2, args=(str(tmp_path),))
+    final = str(tmp_path / "ckpt" / "iter_0000001")
+    for x in r:
+        assert x["path"] == final and x["pending"] == [final] and x["writers"] >= 1
+        assert x["published"] == [final] and x["pending_after"] == []
+    assert r[0]["listing"] == [".iter_0000001.tmp"]  # returned before publishing: no 'latest', no iter_*
+    assert find_latest(str(tmp_path / "ckpt")) == final  # the signalled writers finished the write
+    assert read_meta(final)["extra"] == {"consumed_samples": 4} and read_meta(final)["optimizer_sharding"] is None
+    loaded = run_ranks(_dp2_load_and_step, 2, args=(final, True))
+    for before, after in zip(r, loaded):  # the state at the save, not the one the next step made
+        assert after["next_loss"] == before["next_loss"]
+
+
+def _train_dp2(rank, world, run_dir, overrides):
+    from megatron_ultralong.train.trainer import Trainer
+    from tests.train.helpers import allow_child_processes
+
+    allow_child_processes()
+    trainer = Trainer(toy_cfg(run_dir, "train.global_batch_size=4", "train.max_steps=6", "checkpoint.interval=3",
+                              *overrides))
+    try:
+        return {"code": trainer.train(), "last": trainer.last_checkpoint}
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["checkpoint.async_save=false", "checkpoint.async_save=true"])
+def test_dp2_trainer_resume_from_a_fully_parallel_checkpoint_repeats_every_step_bit_identically(tmp_path, mode):
+    from tests.train.helpers import losses
+
+    first = run_ranks(_train_dp2, 2, args=(str(tmp_path / "a"), [mode]))
+    assert [x["code"] for x in first] == [0, 0] and first[0]["last"].endswith("iter_0000006")
+    name = "iter_0000003"  # the interval save (in the background with async_save)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / name, tmp_path / "b" / "checkpoints" / name)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text(name + "\n")
+    run_ranks(_train_dp2, 2, args=(str(tmp_path / "b"), [mode]))
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert list(a) == [1, 2, 3, 4, 5, 6] and list(b) == [4, 5, 6]
+    assert all(a[s] == b[s] for s in b), (a, b)
+
+
+def _meta(optimizer, sharding, tp=2, pp=1, step=3):
+    meta = {"path": "/ckpt/iter_0000003", "step": step, "optimizer": optimizer,
+            "layout": {"tp": tp, "pp": pp, "cp": 1, "dp": 4, "world_size": 8 * tp * pp}}
+    if sharding != "absent":
+        meta["optimizer_sharding"] = sharding
+    return meta
+
+
+@pytest.mark.parametrize("meta, tp, pp, refused", [
+    (_meta("distributed", "dp_reshardable"), 2, 1, False),  # same tp/pp: dp and cp may change
+    (_meta("distributed", "dp_reshardable"), 1, 1, True),
+    (_meta("distributed", "dp_reshardable"), 2, 2, True),
+    (_meta("distributed", "fully_reshardable"), 1, 2, False),
+    (_meta("distributed", "absent"), 1, 1, False),  # saved before the setting existed: fully_reshardable
+    (_meta("local", None), 1, 1, False),  # the non-sharded optimizer reshards like the model
+])
+def test_dp_reshardable_optimizer_state_is_refused_at_another_tp_or_pp_in_one_line(meta, tp, pp, refused):
+    from megatron_ultralong.checkpoint import check_optimizer_resharding
+
+    if not refused:
+        check_optimizer_resharding(meta, tp, pp)
+        return
+    with pytest.raises(CheckpointError) as e:
+        check_optimizer_resharding(meta, tp, pp)
+    msg = str(e.value)
+    assert "\n" not in msg and "dp_reshardable" in msg and f"tp{tp}·pp{pp}" in msg
+    assert "parallel.tp=2 parallel.pp=1 with checkpoint.optim_sharding=fully_reshardable" in msg
+    assert "train.max_steps=4" in msg
+
+
+def test_trainer_refuses_the_resume_before_any_process_group_starts(tmp_path):
+    from megatron_ultralong.train.trainer import Trainer
+
+    ckpt = tmp_path / "checkpoints" / "iter_0000003"
+    ckpt.mkdir(parents=True)
+    meta = {**_meta("distributed", "dp_reshardable"), "format": FORMAT}
+    del meta["path"]
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "checkpoints" / "latest").write_text("iter_0000003\n")
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)]
+    with pytest.raises(CheckpointError, match="dp_reshardable"):
+        Trainer(toy_cfg(tmp_path))
+    assert not torch.distributed.is_initialized()  # and no handler of the trainer's left behind
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)] == handlers
+
+
+@pytest.mark.parametrize("value", ["zero", "fully_sharded_model_space"])
+def test_unknown_optim_sharding_is_a_one_line_config_error(value):
+    from megatron_ultralong.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="checkpoint.optim_sharding=") as e:
+        validate(toy_cfg("/tmp/x", f"checkpoint.optim_sharding={value}"))
+    assert "'dp_reshardable', 'fully_reshardable'" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------- GPU: Megatron's DistributedOptimizer
+GPUS = torch.cuda.device_count()
+_TE = ["model.params_dtype=bf16", "model.attention_backend=te"]
+needs_gpu_and_te = pytest.mark.skipif(not GPUS or importlib.util.find_spec("transformer_engine") is None,
+                                      reason="needs a CUDA GPU and Transformer Engine (NVIDIA PyTorch container)")
+
+
+@pytest.mark.parametrize("mode", ["checkpoint.async_save=false", "checkpoint.async_save=true"])
+@pytest.mark.parametrize("sharding", ["dp_reshardable", "fully_reshardable"])
+@pytest.mark.gpu
+@needs_gpu_and_te
+def test_gpu_distributed_optimizer_state_of_either_sharding_resumes_bit_identically(tmp_path, sharding, mode):
+    from tests.train.helpers import losses
+
+    overrides = [*_TE, f"checkpoint.optim_sharding={sharding}", mode, "train.global_batch_size=2"]
+    run_ranks(_train_dp2, 1, args=(str(tmp_path / "a"), overrides))
+    meta = read_meta(str(tmp_path / "a" / "checkpoints" / "iter_0000006"))
+    assert meta["optimizer"] == "distributed" and meta["optimizer_sharding"] == sharding
+    name = "iter_0000003"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / name, tmp_path / "b" / "checkpoints" / name)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text(name + "\n")
+    run_ranks(_train_dp2, 1, args=(str(tmp_path / "b"), overrides))
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert list(b) == [4, 5, 6] and all(a[s] == b[s] for s in b), (a, b)
+
+
+@pytest.mark.gpu
+@needs_gpu_and_te
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("sharding, layout, resumes", [
+    ("dp_reshardable", "parallel.tp=1", True),  # dp 2 -> 1
+    ("dp_reshardable", "parallel.tp=2", False),  # saved at tp 1: refused at tp 2
+    ("fully_reshardable", "parallel.tp=2", True),
+])
+def test_gpu_dp2_distributed_optimizer_state_reshards_as_its_sharding_allows(tmp_path, sharding, layout, resumes):
+    from tests.train.helpers import losses
+
+    overrides = [*_TE, f"checkpoint.optim_sharding={sharding}"]
+    run_ranks(_train_dp2, 2, args=(str(tmp_path / "a"), overrides))
+    name = "iter_0000003"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / name, tmp_path / "b" / "checkpoints" / name)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text(name + "\n")
+    if not resumes:
+        with pytest.raises(RuntimeError, match="dp_reshardable"):
+            run_ranks(_train_dp2, 2, args=(str(tmp_path / "b"), [*overrides, layout]))
+        return
+    run_ranks(_train_dp2, 2 if layout == "parallel.tp=2" else 1, args=(str(tmp_path / "b"), [*overrides, layout]))
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert list(b) == [4, 5, 6] and all(abs(a[s] - b[s]) < 2e-2 for s in b), (a, b)  # bf16, another layout

@@ -17,7 +17,7 @@ __all__ = [
     "TrainConfig", "CheckpointConfig", "describe", "head_dim", "max_sequence_length", "data_parallel_size",
     "checkpoint_dir", "needs_document_masking", "heads_per_tp_rank", "ARCHS", "ROPE_TYPES", "DTYPE_NAMES",
     "FP8_RECIPES", "ATTENTION_BACKENDS", "CP_COMM_TYPES", "BACKENDS", "LOADERS", "CHAT_TEMPLATES", "MODES",
-    "SCHEDULES", "RECOMPUTE", "SYNTHETIC",
+    "SCHEDULES", "RECOMPUTE", "SYNTHETIC", "OPTIM_SHARDINGS",
 ]
 
 
@@ -241,6 +241,17 @@ class CheckpointConfig:
     allow_model_change: bool = False
     """Train with non-shape model fields (model.arch, model.norm_eps) other than the checkpoint's; refused by
     default."""
+    fully_parallel: bool = True
+    """Share the writing and reading of what data-parallel (and CP) replicas hold alike among them (Megatron's
+    fully-parallel save/load strategies over the DP×CP group); false: DP rank 0 writes it all, every rank reads its
+    whole shard."""
+    optim_sharding: str = "dp_reshardable"
+    """How the DistributedOptimizer (GPU) saves its state: 'dp_reshardable' (each DP×CP rank writes its own shard,
+    no gathering; a resume may change dp and cp, not tp or pp) or 'fully_reshardable' (gathered to DP rank 0 over
+    gloo, slow at scale; any layout can resume). The non-sharded optimizer (CPU) always saves reshardable state."""
+    async_save: bool = False
+    """Interval saves write in background processes while training goes on; the checkpoint is published (renamed,
+    'latest' updated) only once every rank's files are written. Final and preemption saves stay synchronous."""
     signal_deadline_s: Optional[float] = None
     """Seconds from a preemption signal (USR1/TERM) until the job is killed (the sbatch --signal lead, or the
     preemption grace time). Between micro-batches, a step whose rest plus a save no longer fits is abandoned: the
@@ -283,6 +294,8 @@ MODES = ("cpt", "sft")
 SCHEDULES = ("cosine", "linear", "constant")
 RECOMPUTE = ("none", "selective", "full")
 SYNTHETIC = (None, "copy")
+OPTIM_SHARDINGS = ("dp_reshardable", "fully_reshardable")
+"""checkpoint.optim_sharding values: Megatron's DistributedOptimizer sharding types (distrib_optim_sharding_type)."""
 
 
 # ------------------------------------------------------------------------------------ derived values

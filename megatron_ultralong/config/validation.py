@@ -17,6 +17,7 @@ from .schema import (
     FP8_RECIPES,
     LOADERS,
     MODES,
+    OPTIM_SHARDINGS,
     RECOMPUTE,
     ROPE_TYPES,
     SCHEDULES,
@@ -264,6 +265,7 @@ def validate_checkpoint(cfg: Config, world_size: Optional[int] = None) -> None:
     _check(c.signal_deadline_s is None or c.signal_deadline_s >= 0,
            f"checkpoint.signal_deadline_s={c.signal_deadline_s}: must be >= 0 seconds (0 = abandon the step in "
            f"progress at once), or null to use the SLURM job's end time")
+    _one_of(c.optim_sharding, OPTIM_SHARDINGS, "checkpoint.optim_sharding")
 
 
 SECTIONS = (validate_model, validate_yarn_section, validate_parallel, validate_data, validate_optim, validate_train,

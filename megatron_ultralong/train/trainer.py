@@ -24,10 +24,13 @@ import torch.distributed as dist
 
 from .. import cpu_shims
 from ..checkpoint import (
+    AsyncSaves,
     CheckpointError,
+    check_optimizer_resharding,
     find_latest,
     layout_summary,
     load_checkpoint,
+    read_meta,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -155,10 +158,15 @@ class Trainer:
         self.shortfall_note = ""  # this rank's time estimate at the last micro-batch check after a signal
         self.cfg = cfg
         check_data(cfg)  # data paths, tokenizer, separator, SFT schema: seconds, before any process group or model
-        self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
         self.ckpt_dir = checkpoint_dir(cfg)
+        latest = find_latest(self.ckpt_dir)
+        if latest is not None:  # a dp_reshardable optimizer state resumes at its own tp and pp only
+            check_optimizer_resharding(read_meta(latest), cfg.parallel.tp, cfg.parallel.pp)
+        self.preemption = PreemptionSignal()  # from the start: a signal during set-up stops after the first step
         prepare_run_dir(cfg.train.run_dir, "train.run_dir")  # fail before any process group starts
         prepare_run_dir(self.ckpt_dir, "checkpoint.dir")
+        self.async_saves: Optional[AsyncSaves] = None  # checkpoint.async_save: interval saves in the background
+        self.background_steps: Dict[str, int] = {}  # path -> step of each background save not yet published
         self.ctx = init_distributed(cfg)  # validates cfg for this world size, builds TP/PP/CP/DP groups, seeds
         # Megatron seeds only its tracker streams; CPU-initialised weights draw from torch's default generator
         torch.manual_seed(cfg.train.seed)
@@ -184,6 +192,8 @@ class Trainer:
             dump_recipe(cfg, os.path.join(cfg.train.run_dir, "config.yaml"))
         self.flops_per_token = train_flops_per_token(cfg)
         self.peak_flops = peak_flops_per_gpu()
+        if cfg.checkpoint.async_save:
+            self.async_saves = AsyncSaves()
 
     # ---------------------------------------------------------------------------------------- setup
     def build_data(self, consumed_samples: int):
@@ -199,7 +209,8 @@ class Trainer:
         cfg = self.cfg
         latest = find_latest(self.ckpt_dir)
         if latest is not None:
-            meta = load_checkpoint(latest, self.model, self.optimizer, self.schedule)
+            meta = load_checkpoint(latest, self.model, self.optimizer, self.schedule,
+                                   fully_parallel=cfg.checkpoint.fully_parallel)
             change = layout_summary(meta, cfg, self.ctx.world_size)
             log(f"resumed from {latest} (step {meta['step']}"
                 + (f", resharded {change}" if change else "")
@@ -211,7 +222,8 @@ class Trainer:
             return meta["step"], int(meta["extra"]["consumed_samples"])
         if cfg.checkpoint.init_from:
             try:
-                meta = load_checkpoint(cfg.checkpoint.init_from, self.model)
+                meta = load_checkpoint(cfg.checkpoint.init_from, self.model,
+                                       fully_parallel=cfg.checkpoint.fully_parallel)
             except CheckpointError as e:
                 raise CheckpointError(f"checkpoint.init_from: {e}") from None
             init_separator_rows(self.model, cfg, log)  # reserved/untrained separator tokens: trained-mean rows
@@ -256,10 +268,13 @@ class Trainer:
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"loss is {record['loss']} at step {self.step}; stopping (resume from the "
                                          f"last checkpoint with a lower optim.lr)")
+            self.publish_saves()
             preempted = self.preemption.requested_on_any_rank(self.ctx.device)
             done = self.step >= cfg.train.max_steps
-            if done or preempted or (interval and self.step % interval == 0):
+            if done or preempted:  # the last save of this process: after any background one, written in place
                 self.save()
+            elif interval and self.step % interval == 0:
+                self.save_in_background() if self.async_saves is not None else self.save()
             if preempted and not done:
                 log(f"{self.preemption.received or 'signal on another rank'}: checkpoint of step {self.step} "
                     f"saved, exiting with {EXIT_PREEMPTED} for requeue")
@@ -337,6 +352,7 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         restore_rng_states(self.rng_at_step_start)
+        self.publish_saves(wait=True)  # a background save of this very step may still be in flight
         note = self.shortfall_note or "deadline passed on another rank"
         what = f"step {self.step + 1} abandoned before micro-batch {e.index + 1}/{e.total} ({note})"
         had = self.saved_step == self.step
@@ -348,7 +364,9 @@ class Trainer:
 
     def save(self) -> str:
         """Checkpoint of the current step (model, optimizer, RNG, schedule, data position, config, and the previous
-        save's duration for the next run's deadline estimate)."""
+        save's duration for the next run's deadline estimate), published when this returns (after any background
+        save still pending)."""
+        self.publish_saves(wait=True)
         t0 = time.perf_counter()
         path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.cfg, self.optimizer, self.schedule,
                                extra={"consumed_samples": self.consumed_samples, "save_s": self.save_s})
@@ -357,8 +375,35 @@ class Trainer:
         self.last_checkpoint, self.saved_step = path, self.step
         return path
 
+    def save_in_background(self) -> str:
+        """The same checkpoint written by AsyncSaves while training goes on (checkpoint.async_save); a later
+        publish_saves() publishes it. Returns its path, which does not exist yet."""
+        self.publish_saves(wait=True)  # one in flight at a time, published in order
+        t0 = time.perf_counter()
+        path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.cfg, self.optimizer, self.schedule,
+                               extra={"consumed_samples": self.consumed_samples, "save_s": self.save_s},
+                               async_saves=self.async_saves)
+        self.background_steps[path] = self.step
+        log(f"saving {path} in the background ({time.perf_counter() - t0:.1f}s blocking)")
+        return path
+
+    def publish_saves(self, wait: bool = False) -> None:
+        """Publish the background saves every rank has finished writing (``wait``: all of them); collective.
+        Their duration, start to publish, is the next deadline estimate's save time (an upper bound by up to a step
+        when found done only at a step's end)."""
+        if self.async_saves is None:
+            return
+        for path, seconds in self.async_saves.poll(blocking=wait):
+            self.save_s = seconds
+            self.last_checkpoint, self.saved_step = path, self.background_steps.pop(path)
+            log(f"saved {path} in the background, published {seconds:.1f}s after it started")
+
     def close(self) -> None:
-        """Flush metrics, restore signal handlers, tear down process groups."""
+        """Flush metrics, restore signal handlers, tear down process groups. A background save still pending here
+        (an error stopped the loop: the ranks may not meet again) is abandoned unpublished."""
+        if getattr(self, "async_saves", None) is not None and self.async_saves.pending:
+            log(f"abandoning the unpublished background save(s) {', '.join(self.async_saves.pending)}")
+            self.async_saves.abort()
         if getattr(self, "metrics", None) is not None:
             self.metrics.close()
         if getattr(self, "preemption", None) is not None:
