@@ -36,16 +36,50 @@ def _heatmap(values, rows: Sequence[str], lengths: Sequence[int], path: str, tit
     plt.close(fig)
 
 
-def niah_heatmap(grid: Dict, path: str, title: str = "Passkey retrieval") -> None:
-    """Accuracy per (depth, length) cell as a red-to-green heatmap PNG."""
+def _niah_matrix(grid: Dict):
+    """[depths × lengths] accuracy of a run_grid result."""
     import numpy as np
 
     lengths, depths = grid["lengths"], grid["depths"]
     acc = np.zeros((len(depths), len(lengths)))
     for c in grid["cells"]:
         acc[depths.index(c["depth"]), lengths.index(c["length"])] = c["accuracy"]
-    _heatmap(acc, [f"{d:.0%}" for d in depths], lengths, path, f"{title}: {grid['accuracy']:.1%}", "needle depth",
-             "accuracy")
+    return acc
+
+
+def niah_heatmap(grid: Dict, path: str, title: str = "Passkey retrieval") -> None:
+    """Accuracy per (depth, length) cell as a red-to-green heatmap PNG."""
+    _heatmap(_niah_matrix(grid), [f"{d:.0%}" for d in grid["depths"]], grid["lengths"], path,
+             f"{title}: {grid['accuracy']:.1%}", "needle depth", "accuracy")
+
+
+def niah_heatmaps_side_by_side(panels: Sequence[tuple], path: str, title: str = "Passkey retrieval",
+                               window: int = 0) -> None:
+    """Several NIAH grids ``[(label, grid), ...]`` (same lengths and depths) as heatmaps in one row of one PNG,
+    the paper's figure style: needle depth down, context length across, one shared colour bar; ``window`` draws a
+    dashed line after the last length within the model's original window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths, depths = panels[0][1]["lengths"], panels[0][1]["depths"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 + 3.4 * len(panels), 1.2 + 0.32 * len(depths)),
+                             sharey=True, squeeze=False)
+    for ax, (label, grid) in zip(axes[0], panels):
+        im = ax.imshow(_niah_matrix(grid), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(f"{label}: {grid['accuracy']:.0%}")
+        inside = [i for i, n in enumerate(lengths) if n <= window]
+        if inside and len(inside) < len(lengths):
+            ax.axvline(inside[-1] + 0.5, color="black", linestyle="--", linewidth=1)
+    axes[0][0].set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    axes[0][0].set_ylabel("needle depth")
+    fig.suptitle(title)
+    fig.colorbar(im, ax=list(axes[0]), label="accuracy", fraction=0.03)
+    _save(fig, path)
+    plt.close(fig)
 
 
 def ruler_heatmap(res: Dict, path: str, title: str = "RULER-style tasks") -> None:
