@@ -1,4 +1,4 @@
-# make demo   — set up .venv, then run the toy end-to-end job (CPU is fine)
+# make demo   — set up .venv, then the toy run of the recipe (2 CPU cores; DEMO=smoke: minimal, ABLATION=1: RoPE variants)
 # make test   — set up .venv, then ruff and the test suite (the command CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -29,7 +29,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m megatron_ultralong.demo
+	$(PY) -m megatron_ultralong.demo --variant $(or $(DEMO),full) $(if $(filter 1,$(ABLATION)),--ablation)
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
