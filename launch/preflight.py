@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check a training command line before any worker starts; print the run directory.
 
-    python launch/preflight.py --world-size 256 --config cpt_2m train.max_steps=10     # prints runs/cpt_2m
+    python launch/preflight.py --world-size 256 --config cpt_2m data.paths=[<mixture>] data.tokenizer=<dir>
 
 launch/torchrun.sh runs this on every node first (one error line and exit 2 instead of every worker's traceback;
 docs/slurm.md). The checks: megatron_ultralong/train/preflight.py. Imports neither torch nor megatron.

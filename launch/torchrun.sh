@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bash launch/torchrun.sh --config <recipe> [section.key=value ...]                     # one node, all its GPUs
-# srun --ntasks-per-node=1 bash launch/torchrun.sh --config cpt_4m [section.key=value ...]  # one torchrun per node
+# bash launch/torchrun.sh --config <recipe> data.paths=[...] data.tokenizer=... [section.key=value ...]  # one node
+# srun --ntasks-per-node=1 bash launch/torchrun.sh --config cpt_4m data.paths=[...] data.tokenizer=... [...]  # per node
 #
 # Starts `python -m megatron_ultralong.train` under torchrun on this node. Inside an srun step the node count, this
 # node's rank and the rendezvous host come from SLURM (MASTER_ADDR = first host of the node list, MASTER_PORT from

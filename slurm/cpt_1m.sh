@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sbatch slurm/cpt_1m.sh [section.key=value ...]
+# sbatch slurm/cpt_1m.sh data.paths=[<mixture .json>] data.tokenizer=<tokenizer dir> [section.key=value ...]
 # CPT 128K -> 1M tokens from Llama-3.1-8B-Instruct (recipe cpt_1m: tp 8 × cp 16 × dp 2 = 256 H100, 32 nodes).
 # Starts from the recipe's checkpoint.init_from (ckpt/llama31-8b, made by tools/convert_from_hf.py); writes runs/cpt_1m.
 #SBATCH --job-name=ultralong-cpt-1m

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sbatch slurm/cpt_2m.sh [section.key=value ...]
+# sbatch slurm/cpt_2m.sh data.paths=[<mixture .json>] data.tokenizer=<tokenizer dir> [section.key=value ...]
 # CPT 128K -> 2M tokens from Llama-3.1-8B-Instruct in one step (recipe cpt_2m: tp 8 × cp 32 = 256 H100, 32
 # nodes). Starts from the recipe's checkpoint.init_from (ckpt/llama31-8b, made by tools/convert_from_hf.py);
 # writes runs/cpt_2m. Chaining from the 1M stage instead: checkpoint.init_from=runs/cpt_1m/checkpoints.

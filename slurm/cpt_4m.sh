@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sbatch slurm/cpt_4m.sh [section.key=value ...]
+# sbatch slurm/cpt_4m.sh data.paths=[<4M mixture .json>] data.tokenizer=<tokenizer dir> [section.key=value ...]
 # CPT 128K -> 4M tokens from Llama-3.1-8B-Instruct in one step (recipe cpt_4m: tp 8 × cp 32 = 256 H100, 32
 # nodes). Starts from the recipe's checkpoint.init_from (ckpt/llama31-8b, made by tools/convert_from_hf.py);
 # writes runs/cpt_4m. Chaining from the 2M stage instead: checkpoint.init_from=runs/cpt_2m/checkpoints.

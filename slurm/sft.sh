@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sbatch slurm/sft.sh [section.key=value ...]
+# sbatch slurm/sft.sh data.paths=[<sft .jsonl>] data.tokenizer=<tokenizer dir> [section.key=value ...]
 # SFT of the 4M model (recipe sft: tp 8, dp = 4 nodes × 8 / 8 = 4; 8K-token chat samples). Starts from the 4M
 # stage (checkpoint.init_from=runs/cpt_4m/checkpoints unless you pass another one); writes runs/sft_4m.
 #SBATCH --job-name=ultralong-sft

@@ -141,7 +141,7 @@ def test_sft_token_budget_becomes_steps_for_the_packed_data():
         validate(load_recipe("toy_sft", ["train.token_budget=0"]), world_size=1)
 
 
-@pytest.mark.parametrize("path", ["README.md", "docs/training.md", "docs/slurm.md"])
+@pytest.mark.parametrize("path", ["README.md", "docs/training.md", "docs/slurm.md", "docs/convert.md", "docs/data.md"])
 def test_every_documented_training_command_carries_its_data_and_tokenizer(path):
     """A stage queued without data.paths / data.tokenizer fails only after it waited for 32 nodes."""
     import re
