@@ -56,8 +56,18 @@ def read_launch_env() -> LaunchEnv:
         rank, world, local = 0, 1, 0
     if not 0 <= rank < world:
         raise ConfigError(f"launcher gave rank {rank} outside world size {world}; check RANK / WORLD_SIZE")
-    return LaunchEnv(rank, world, local, os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                     _int_env("MASTER_PORT", 29500))
+    # a lone process needs no agreed port: a free one, so two single-process runs on one machine never clash
+    port = _int_env("MASTER_PORT", _free_port() if world == 1 else 29500)
+    return LaunchEnv(rank, world, local, os.environ.get("MASTER_ADDR", "127.0.0.1"), port)
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
