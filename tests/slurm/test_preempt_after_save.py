@@ -1,6 +1,6 @@
 """A preemption after an interval save, on the real SLURM with the real trainer: srun signals every process of
 the step, Megatron's checkpoint-writer helpers included (issue 16, failure 0); the requeued job must finish with
-the losses of an uninterrupted run, bit for bit, at 1 rank and at TP=2 (2 gloo ranks)."""
+the losses of an uninterrupted run, bit for bit, at 1 rank, at TP=2 and at CP=2 (2 gloo ranks)."""
 import json
 import re
 import subprocess
@@ -18,7 +18,8 @@ def losses(run_dir):
         return [json.loads(line)["loss"] for line in f if line.strip()]
 
 
-@pytest.mark.parametrize("ranks, overrides", [(1, []), (2, ["parallel.tp=2"])], ids=["1rank", "tp2"])
+@pytest.mark.parametrize("ranks, overrides", [(1, []), (2, ["parallel.tp=2"]), (2, ["parallel.cp=2"])],
+                         ids=["1rank", "tp2", "cp2"])
 def test_preemption_after_an_interval_save_requeues_and_matches_an_uninterrupted_run(tmp_path, ranks, overrides):
     args = [f"train.max_steps={STEPS}", "checkpoint.interval=3", "train.tensorboard=false",
             "train.micro_batch_size=1", *overrides]
