@@ -111,7 +111,7 @@ def prose_document(rng: random.Random, n_sentences: int) -> str:
 
 
 def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
-    """Prose with ``facts`` numbers stated in the first fifth and recalled (twice each) anywhere after: the
+    """Prose with ``facts`` numbers stated in the first fifth and recalled (three times each) anywhere after: the
     recalls are predictable only by looking back up to the whole document."""
     n_sentences = max(10, n_sentences)
     events: List[Tuple[int, int, str, str]] = []
@@ -123,7 +123,7 @@ def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
         seen.add(x)
         n, at = number(rng), rng.randint(0, n_sentences // 5)
         events.append((at, 0, x, n))
-        events += [(rng.randint(at + 1, n_sentences), 1, x, n) for _ in range(2)]
+        events += [(rng.randint(at + 1, n_sentences), 1, x, n) for _ in range(3)]
     events.sort(key=lambda e: (e[0], e[1]))
     out, i = [], 0
     for s in range(n_sentences + 1):
@@ -139,11 +139,13 @@ def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
 # ------------------------------------------------------------------------------------------ chat tasks
 TASKS = ("lookup", "add", "copy")
 """Short chat tasks with exactly checkable answers: the demo's stand-in for general / math / code benchmarks."""
+TASK_WEIGHTS = (3, 1, 1)
+"""Their shares of the chat data: 60 % is retrieval inside the window, the skill the passkey test needs."""
 
 
 def _lookup(rng: random.Random) -> Tuple[str, str]:
     x, n = subject(rng), number(rng)
-    context = [sentence(rng) for _ in range(rng.randint(0, 3))]
+    context = [sentence(rng) for _ in range(rng.randint(0, 10))]  # up to ~100 tokens: retrieval inside W
     context.insert(rng.randint(0, len(context)), _fact(rng.choice(STATEMENTS[:3]), x, n))
     return f"{' '.join(context)} What is the {x}?", f"The {x} is {n}."
 
@@ -164,7 +166,7 @@ _TASK_WRITERS = {"lookup": _lookup, "add": _add, "copy": _copy}
 
 def chat_sample(rng: random.Random, task: str = "") -> Dict[str, object]:
     """One single-turn chat record ``{"messages": [user, assistant], "source": task}`` (task drawn if empty)."""
-    task = task or rng.choice(TASKS)
+    task = task or rng.choices(TASKS, TASK_WEIGHTS)[0]
     question, answer = _TASK_WRITERS[task](rng)
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
             "source": task}

@@ -76,7 +76,7 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     # long documents: 0.5-2 × the target window in tokens (≈ 7 tokens per sentence); facts recalled far away
     long_docs = _documents(plan.long_documents, seed,
                            lambda r: corpus.long_document(r, r.randint(target // 14, target * 2 // 7),
-                                                          facts=r.randint(1, 3)), "long")
+                                                          facts=r.randint(3, 8)), "long")
     chat_rng = random.Random(f"{seed}-chat")
     base_chat = [corpus.chat_sample(chat_rng) for _ in range(plan.chat_samples)]
     sft_chat = [corpus.chat_sample(chat_rng) for _ in range(plan.chat_samples)]
@@ -90,7 +90,8 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     spm = train_sentencepiece([d["text"] for d in base_docs[:3000] + prose[:500] + long_docs[:20]],
                               out / "tokenizer", vocab_size=VOCAB, digit_groups=DIGIT_GROUPS)
     base_path = _write_jsonl(raw / "base.jsonl", base_docs + prose)
-    long_path = _write_jsonl(raw / "long.jsonl", long_docs + prose)
+    # the CPT mixture's general corpus: the long documents, prose and a share of the base's short documents
+    long_path = _write_jsonl(raw / "long.jsonl", long_docs + prose + base_docs[:plan.cpt_short_documents])
     base_idx = preprocess_text([base_path], spm, str(out / "idx_base"), workers=1, progress=False)
     long_idx = preprocess_text([long_path], spm, str(out / "idx_long"), workers=1, progress=False)
     for name, summary in (("base", base_idx), ("cpt", long_idx)):

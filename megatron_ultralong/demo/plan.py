@@ -37,6 +37,8 @@ class DemoPlan:
     """Prose-only documents (the short, down-sampled source of the CPT mixture; in the base corpus too)."""
     long_documents: int
     """Long documents (facts recalled far away) of the CPT mixture."""
+    cpt_short_documents: int
+    """Short documents of the base corpus that go into the CPT mixture too (its general-corpus share)."""
     chat_samples: int
     """Chat samples of each SFT stage (lookup / add / copy)."""
     base: StageSize
@@ -70,13 +72,16 @@ DEPTHS_11 = tuple(i / 10 for i in range(11))
 
 PLANS: Dict[str, DemoPlan] = {
     "full": DemoPlan(window=128, factor=16, base_documents=40000, prose_documents=3000, long_documents=240,
-                     chat_samples=6000,
-                     base=StageSize(steps=2000, batch=32, lr=5e-3, warmup=30),
-                     base_sft=StageSize(steps=150, batch=32, lr=2e-3, warmup=10),
-                     cpt=StageSize(steps=80, batch=2, lr=1e-3, warmup=5), sft=StageSize(steps=100, batch=32, lr=1e-3, warmup=5),
+                     cpt_short_documents=6000,
+                     chat_samples=12000,
+                     base=StageSize(steps=1800, batch=32, lr=5e-3, warmup=30),
+                     base_sft=StageSize(steps=300, batch=32, lr=2e-3, warmup=10),
+                     cpt=StageSize(steps=300, batch=2, lr=1e-3, warmup=5),
+                     sft=StageSize(steps=250, batch=32, lr=1e-3, warmup=5),
                      niah_lengths=(1, 2, 4, 8, 16), niah_depths=DEPTHS_11, niah_samples=2, short_questions=40,
                      recheck_cells=3),
     "smoke": DemoPlan(window=128, factor=4, base_documents=600, prose_documents=100, long_documents=24,
+                      cpt_short_documents=100,
                       chat_samples=200,
                       base=StageSize(steps=12, batch=8, lr=5e-3), base_sft=StageSize(steps=4, batch=8, lr=2e-3),
                       cpt=StageSize(steps=6, batch=2, lr=2e-3), sft=StageSize(steps=4, batch=8, lr=1e-3),
@@ -99,11 +104,12 @@ def rope_variants(plan: DemoPlan, head_dim: int, theta: float) -> List[RopeVaria
     """The ablation's rows: no scaling, linear interpolation, NTK-aware θ, YaRN β=4 (the paper's), YaRN β=32."""
     s = plan.factor
     ntk_theta = theta * s ** (head_dim / (head_dim - 2))  # "NTK-aware" θ' = θ·s^(d/(d-2))
-    off = ("yarn.enabled=false",)
+    off = ("yarn.enabled=false", f"model.max_position_embeddings={plan.target_length}")
+    change = ("checkpoint.allow_rope_change=true",)
     return [
         RopeVariant("none", off),
-        RopeVariant("linear", off + ("model.rope_type=linear", f"model.rope_factor={float(s)}")),
-        RopeVariant("ntk", off + (f"model.rope_theta={ntk_theta:.6g}",)),
+        RopeVariant("linear", off + change + ("model.rope_type=linear", f"model.rope_factor={float(s)}")),
+        RopeVariant("ntk", off + change + (f"model.rope_theta={ntk_theta:.6g}",)),
         RopeVariant("yarn-b4", ("yarn.beta_fast=4.0",)),
         RopeVariant("yarn-b32", ("yarn.beta_fast=32.0",)),
     ]

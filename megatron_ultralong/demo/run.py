@@ -41,7 +41,8 @@ def _stage_args(recipe: str, size: StageSize, plan: DemoPlan, data_paths: str, t
                 extra: List[str] = ()) -> List[str]:
     args = ["--config", recipe, f"data.paths=[{data_paths}]", f"data.tokenizer={tokenizer}",
             f"train.max_steps={size.steps}", f"train.global_batch_size={size.batch}", f"optim.lr={size.lr}",
-            f"optim.min_lr={size.lr / 10}", f"optim.lr_warmup_steps={size.warmup}", f"train.seed={SEED + 1234}", "data.num_workers=0"]
+            f"optim.min_lr={size.lr / 10}", f"optim.lr_warmup_steps={size.warmup}", f"train.seed={SEED + 1234}",
+            "data.num_workers=0"]
     args += [f"model.{k}={v}" for k, v in plan.model.items()]
     return args + list(extra)
 
@@ -116,8 +117,10 @@ def _cpt_and_sft(demo: Demo, tag: str, data, cpt_extra: List[str], preempt: bool
              "checkpoint.keep_last=1"] + interval + cpt_extra
     demo.train(cpt_name, "demo_cpt", plan.cpt, data.cpt_mixture, data.tokenizer, extra, nproc=2,
                preempt_after=PREEMPT_AFTER if preempt else None)
+    same_model = [o for o in cpt_extra if o.startswith("model.")]  # SFT keeps the CPT checkpoint's rope
     demo.train(sft_name, "demo_sft", plan.sft, data.sft_chat, data.tokenizer,
-               [f"checkpoint.init_from={out / cpt_name / 'checkpoints'}", f"checkpoint.interval={plan.sft.steps}"])
+               [f"checkpoint.init_from={out / cpt_name / 'checkpoints'}", f"checkpoint.interval={plan.sft.steps}",
+                *same_model])
     hf = str(out / f"{tag}hf")
     shutil.rmtree(hf, ignore_errors=True)
     exported = demo.timed(f"{tag}export", lambda: export(str(out / sft_name / "checkpoints"), hf,

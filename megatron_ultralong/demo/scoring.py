@@ -51,8 +51,16 @@ class Scorer:
         return tokens.tolist() + head
 
     def answer(self, messages: List[Dict[str, str]], max_new_tokens: int = 24) -> str:
-        """The greedy reply, up to its end-of-turn token."""
-        return self.generate(self.chat_prompt(messages), max_new_tokens).split("<|eot_id|>")[0].strip()
+        """The greedy reply, up to its end-of-turn token (decoded without it)."""
+        import torch
+
+        ids = torch.tensor([self.chat_prompt(messages)])
+        eot = self.tok.token_to_id("<|eot_id|>")
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=eot, pad_token_id=eot)
+        new = out[0, ids.shape[1]:].tolist()
+        return self.tok.decode(new[:new.index(eot)] if eot in new else new).strip()
 
     def short_tasks(self, questions: Sequence[Question]) -> dict:
         """Exact-match accuracy over ``questions``, overall and per task."""

@@ -117,7 +117,7 @@ def train_stage(name: str, args: Sequence[str], run_dir: str, log_dir: Path, ech
     resumes from its latest checkpoint). StageError on any other exit."""
     from ..checkpoint import read_meta
 
-    log_path = log_dir / f"{name}.log"
+    log_path = log_dir / f"{name.replace('/', '-')}.log"
     cmd = trainer_command([*args, f"train.run_dir={run_dir}"], nproc)
     t0 = time.perf_counter()
     codes = [_launch(cmd, log_path, echo, run_dir, preempt_after)]
