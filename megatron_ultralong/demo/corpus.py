@@ -139,8 +139,8 @@ def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
 # ------------------------------------------------------------------------------------------ chat tasks
 TASKS = ("lookup", "add", "copy")
 """Short chat tasks with exactly checkable answers: the demo's stand-in for general / math / code benchmarks."""
-TASK_WEIGHTS = (3, 1, 1)
-"""Their shares of the chat data: 60 % is retrieval inside the window, the skill the passkey test needs."""
+TASK_WEIGHTS = (2, 1, 1)
+"""Their shares of the chat data: half is retrieval inside the window, the skill the passkey test needs."""
 
 
 def _lookup(rng: random.Random) -> Tuple[str, str]:
