@@ -39,12 +39,6 @@ class DemoData:
     """Documents and tokens per source, mixture draws, the template check."""
 
 
-def _write_jsonl(path: Path, records: List[dict]) -> str:
-    from ..data.synthetic import write_jsonl
-
-    return write_jsonl(path, records)
-
-
 def check_no_passkey_template(texts: List[str], what: str) -> int:
     """RuntimeError if a passkey-prompt sentence (corpus.passkey_template_lines) occurs in ``texts``; returns the
     number of texts checked."""
@@ -67,7 +61,7 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     """Generate, tokenize and mix everything; every file is written atomically under ``out``."""
     from ..data.mixture import MixtureParams, build_mixture, report_table, resolve_sources, write_mixture
     from ..data.preprocess import preprocess_text
-    from ..data.synthetic import train_sentencepiece
+    from ..data.synthetic import train_sentencepiece, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     w, target = plan.window, plan.target_length
@@ -89,9 +83,9 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     raw.mkdir(exist_ok=True)
     spm = train_sentencepiece([d["text"] for d in base_docs[:3000] + prose[:500] + long_docs[:20]],
                               out / "tokenizer", vocab_size=VOCAB, digit_groups=DIGIT_GROUPS)
-    base_path = _write_jsonl(raw / "base.jsonl", base_docs + prose)
+    base_path = write_jsonl(raw / "base.jsonl", base_docs + prose)
     # the CPT mixture's general corpus: the long documents, prose and a share of the base's short documents
-    long_path = _write_jsonl(raw / "long.jsonl", long_docs + prose + base_docs[:plan.cpt_short_documents])
+    long_path = write_jsonl(raw / "long.jsonl", long_docs + prose + base_docs[:plan.cpt_short_documents])
     base_idx = preprocess_text([base_path], spm, str(out / "idx_base"), workers=1, progress=False)
     long_idx = preprocess_text([long_path], spm, str(out / "idx_long"), workers=1, progress=False)
     for name, summary in (("base", base_idx), ("cpt", long_idx)):
@@ -105,7 +99,7 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     summary = {"documents": {"base": len(base_docs), "prose": len(prose), "long": len(long_docs)},
                "tokens": {"base": base_idx["total"]["tokens"], "cpt_sources": long_idx["total"]["tokens"]},
                "mixture_draws": int(len(mix.draws)), "chat_samples": {"base": len(base_chat), "sft": len(sft_chat)},
-               "template_check": {"texts": checked, "lines": corpus.passkey_template_lines(), "found": 0}}
+               "template_check": {"texts": checked, "lines": corpus.passkey_template_lines()}}
     return DemoData(tokenizer=spm, base_corpus=str(out / "idx_base"), cpt_mixture=files["manifest"],
-                    base_chat=_write_jsonl(out / "base_chat.jsonl", base_chat),
-                    sft_chat=_write_jsonl(out / "sft_chat.jsonl", sft_chat), summary=summary)
+                    base_chat=write_jsonl(out / "base_chat.jsonl", base_chat),
+                    sft_chat=write_jsonl(out / "sft_chat.jsonl", sft_chat), summary=summary)

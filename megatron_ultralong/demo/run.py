@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, List
 
 from .plan import PLANS, DemoPlan, StageSize, rope_variants
-from .report import write_report
+from .report import by_length, write_report
 from .stages import StageRun, export, reimport, train_stage
 
 SEED = 0
@@ -60,10 +60,10 @@ class Demo:
         self.stages: List[dict] = []
         self.t0 = time.perf_counter()
 
-    def timed(self, name: str, fn: Callable, **extra):
+    def timed(self, name: str, fn: Callable):
         t = time.perf_counter()
         value = fn()
-        self.stages.append({"name": name, "seconds": time.perf_counter() - t, **extra})
+        self.stages.append({"name": name, "seconds": time.perf_counter() - t})
         return value
 
     def train(self, name: str, recipe: str, size: StageSize, data_paths: str, tokenizer: str, extra=(),
@@ -84,10 +84,7 @@ def _evaluate(hf_dir: str, tokenizer: str, plan: DemoPlan, questions, label: str
     grid = scorer.niah(lengths, plan.niah_depths, plan.niah_samples, SEED,
                        log=lambda m: say(f"      {m}") if m.split()[2].startswith("depth=1.00") else None)
     short = scorer.short_tasks(questions)
-    acc = {c["length"]: [] for c in grid["cells"]}
-    for c in grid["cells"]:
-        acc[c["length"]].append(c["accuracy"])
-    say(f"    {label}: NIAH " + ", ".join(f"{n}: {sum(v) / len(v):.0%}" for n, v in acc.items()) +
+    say(f"    {label}: NIAH " + ", ".join(f"{n}: {v:.0%}" for n, v in by_length(grid).items()) +
         f"; short-task score {short['score']:.3f} " + str({t: round(v, 2) for t, v in short["by_task"].items()}))
     return grid, short
 
@@ -108,23 +105,21 @@ def _recheck(hf_dir: str, tokenizer: str, grid: dict, cells: int) -> dict:
 
 
 def _cpt_and_sft(demo: Demo, tag: str, data, cpt_extra: List[str], preempt: bool) -> tuple:
-    """One CPT (CP=2) + SFT + export; returns (sft run, exported folder)."""
+    """One CPT (CP=2) + SFT + export; returns (the export's summary, the exported folder)."""
     plan, out = demo.plan, demo.out
     cpt_name, sft_name = f"{tag}cpt", f"{tag}sft"
     interval = [f"checkpoint.interval={2 if preempt else plan.cpt.steps}"]
     extra = [f"yarn.target_length={plan.target_length}", f"data.seq_length={plan.target_length}",
              f"yarn.original_max_position_embeddings={plan.window}", f"checkpoint.init_from={out / 'base_mcore'}",
              "checkpoint.keep_last=1"] + interval + cpt_extra
-    demo.train(cpt_name, "demo_cpt", plan.cpt, data.cpt_mixture, data.tokenizer, extra, nproc=2,
-               preempt_after=PREEMPT_AFTER if preempt else None)
+    cpt = demo.train(cpt_name, "demo_cpt", plan.cpt, data.cpt_mixture, data.tokenizer, extra, nproc=2,
+                     preempt_after=PREEMPT_AFTER if preempt else None)
     same_model = [o for o in cpt_extra if o.startswith("model.")]  # SFT keeps the CPT checkpoint's rope
-    demo.train(sft_name, "demo_sft", plan.sft, data.sft_chat, data.tokenizer,
-               [f"checkpoint.init_from={out / cpt_name / 'checkpoints'}", f"checkpoint.interval={plan.sft.steps}",
-                *same_model])
+    sft = demo.train(sft_name, "demo_sft", plan.sft, data.sft_chat, data.tokenizer,
+                     [f"checkpoint.init_from={cpt.checkpoints}", f"checkpoint.interval={plan.sft.steps}", *same_model])
     hf = str(out / f"{tag}hf")
     shutil.rmtree(hf, ignore_errors=True)
-    exported = demo.timed(f"{tag}export", lambda: export(str(out / sft_name / "checkpoints"), hf,
-                                                         plan.target_length, demo.logs))
+    exported = demo.timed(f"{tag}export", lambda: export(sft.checkpoints, hf, plan.target_length, demo.logs))
     return exported, hf
 
 
@@ -145,14 +140,14 @@ def run_demo(out: Path, variant: str = "full", ablation: bool = False) -> dict:
     questions = held_out_questions(plan.short_questions, SEED)
 
     say(f"[demo 2/8] base model: pretrain from scratch at W={w} ({plan.base.steps} steps x {plan.base.batch} x {w})")
-    demo.train("base", "demo_base", plan.base, data.base_corpus, data.tokenizer,
-               [f"checkpoint.interval={plan.base.steps}"])
+    base = demo.train("base", "demo_base", plan.base, data.base_corpus, data.tokenizer,
+                      [f"checkpoint.interval={plan.base.steps}"])
     say("[demo 3/8] base SFT at W (lookup / add / copy chat tasks, assistant-only loss)")
-    demo.train("base_sft", "demo_base_sft", plan.base_sft, data.base_chat, data.tokenizer,
-               [f"checkpoint.init_from={out / 'base' / 'checkpoints'}", f"checkpoint.interval={plan.base_sft.steps}"])
+    base_sft = demo.train("base_sft", "demo_base_sft", plan.base_sft, data.base_chat, data.tokenizer,
+                          [f"checkpoint.init_from={base.checkpoints}", f"checkpoint.interval={plan.base_sft.steps}"])
     say("[demo 4/8] export to HF (--verify) and re-import: the demo's aligned model, as a user imports Llama")
     base_hf = str(out / "base_hf")
-    demo.timed("base export + import", lambda: (export(str(out / "base_sft" / "checkpoints"), base_hf, w, demo.logs),
+    demo.timed("base export + import", lambda: (export(base_sft.checkpoints, base_hf, w, demo.logs),
                                                 reimport(base_hf, str(out / "base_mcore"), demo.logs)))
 
     say(f"[demo 5/8] before: passkey grid {w}..{plan.target_length} x {len(plan.niah_depths)} depths, short tasks")

@@ -72,7 +72,8 @@ def metrics(run_dir: str) -> List[dict]:
 def _launch(cmd: Sequence[str], log_path: Path, echo: Callable[[str], None], run_dir: str,
             preempt_after: Optional[int]) -> int:
     """Run one command with its output to ``log_path`` (progress lines every 10th step echoed); with
-    ``preempt_after`` send SIGUSR1 to its process group once that many steps are logged (a SLURM warning)."""
+    ``preempt_after`` send SIGUSR1 to the training processes (_preempt) once that many steps are in
+    metrics.jsonl (a SLURM warning)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "a") as log:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -80,10 +81,11 @@ def _launch(cmd: Sequence[str], log_path: Path, echo: Callable[[str], None], run
         for line in proc.stdout:
             log.write(line)
             text = line.rstrip()
+            progress = text.startswith("step ")
             if text.startswith(("error", "[trainer] resumed", "[trainer] preempt")) or (
-                    text.startswith("step ") and text.split()[1].split("/")[0].endswith("0")):
+                    progress and text.split()[1].split("/")[0].endswith("0")):
                 echo(f"      {text}")
-            if preempt_after and not sent and len(metrics(run_dir)) >= preempt_after:
+            if preempt_after and not sent and progress and len(metrics(run_dir)) >= preempt_after:
                 _preempt(proc.pid, echo)
                 sent = True
         code = proc.wait()
