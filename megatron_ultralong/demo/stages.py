@@ -81,11 +81,11 @@ def _launch(cmd: Sequence[str], log_path: Path, echo: Callable[[str], None], run
         for line in proc.stdout:
             log.write(line)
             text = line.rstrip()
-            progress = text.startswith("step ")
             if text.startswith(("error", "[trainer] resumed", "[trainer] preempt")) or (
-                    progress and text.split()[1].split("/")[0].endswith("0")):
+                    text.startswith("step ") and text.split()[1].split("/")[0].endswith("0")):
                 echo(f"      {text}")
-            if preempt_after and not sent and progress and len(metrics(run_dir)) >= preempt_after:
+            # every line, not only progress lines: with train.log_interval > 1 those come too late to preempt
+            if preempt_after and not sent and len(metrics(run_dir)) >= preempt_after:
                 _preempt(proc.pid, echo)
                 sent = True
         code = proc.wait()
