@@ -35,6 +35,22 @@ def test_loss_decreases_over_30_steps_on_the_copy_task(tmp_path):
     assert (tmp_path / "checkpoints" / "iter_0000030").is_dir() and (tmp_path / "config.yaml").is_file()
 
 
+def _flushes_subnormals(rank, world, run_dir):
+    from megatron_ultralong.train.trainer import Trainer
+
+    tiny = torch.tensor([1e-40])  # a subnormal float32
+    torch.set_flush_denormal(False)
+    kept = (tiny * 1.0).item() != 0.0
+    trainer = Trainer(toy_cfg(run_dir, "train.max_steps=1"))
+    trainer.close()
+    return kept, (tiny * 1.0).item() == 0.0
+
+
+def test_the_trainer_flushes_subnormal_floats_on_cpu(tmp_path):
+    kept_before, flushed_after = run_ranks(_flushes_subnormals, 1, args=(str(tmp_path),))[0]
+    assert kept_before and flushed_after is (not torch.cuda.is_available())
+
+
 def test_dp2_trains_exactly_like_dp1_with_the_same_global_batch(tmp_path):
     common = ["train.max_steps=3", "train.global_batch_size=4", "train.micro_batch_size=1"]
     run_ranks(_train, 1, args=(str(tmp_path / "dp1"), common))
