@@ -25,7 +25,7 @@ VERBS = ("sees finds takes makes keeps holds moves opens closes carries brings f
          "needs visits leaves reaches crosses remembers memorizes hides passes").split()
 ADVERBS = "today again slowly quickly often always never soon later there here together alone inside back".split()
 PHRASE_WORDS = ("there is an important info hidden inside a lot of irrelevant text find it and memorize it i will "
-                "quiz you about the information here we go back again remember what").split()
+                "quiz you about the information here we go back again remember what pass").split()
 """Words of the passkey prompt, used in shuffled word salad so the tokenizer has them (never in its sentences)."""
 ATTRIBUTES = ("code", "number", "price", "age", "height", "weight", "score", "count", "year", "size", "rank",
               "level", "value", "room", "ticket", "order", "serial", "phone number", "account number", "door code",
@@ -110,9 +110,9 @@ def prose_document(rng: random.Random, n_sentences: int) -> str:
     return " ".join(sentence(rng) for _ in range(max(1, n_sentences)))
 
 
-def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
-    """Prose with ``facts`` numbers stated in the first fifth and recalled (three times each) anywhere after: the
-    recalls are predictable only by looking back up to the whole document."""
+def long_document(rng: random.Random, n_sentences: int, facts: int = 2, recalls: int = 3) -> str:
+    """Prose with ``facts`` numbers stated in the first fifth and recalled (``recalls`` times each) anywhere after:
+    the recalls are predictable only by looking back up to the whole document."""
     n_sentences = max(10, n_sentences)
     events: List[Tuple[int, int, str, str]] = []
     seen = set()
@@ -123,7 +123,7 @@ def long_document(rng: random.Random, n_sentences: int, facts: int = 2) -> str:
         seen.add(x)
         n, at = number(rng), rng.randint(0, n_sentences // 5)
         events.append((at, 0, x, n))
-        events += [(rng.randint(at + 1, n_sentences), 1, x, n) for _ in range(3)]
+        events += [(rng.randint(at + 1, n_sentences), 1, x, n) for _ in range(recalls)]
     events.sort(key=lambda e: (e[0], e[1]))
     out, i = [], 0
     for s in range(n_sentences + 1):

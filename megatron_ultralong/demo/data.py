@@ -14,8 +14,10 @@ from typing import Callable, Dict, List
 from . import corpus
 from .plan import DemoPlan
 
-VOCAB = 640
-"""Tokenizer size (= demo_model.yaml's vocab_size): 110 digit pieces, the chat tokens, the words."""
+VOCAB = 1024
+"""Tokenizer size (= demo_model.yaml's vocab_size): 256 byte-fallback pieces, 110 digit pieces, the chat tokens
+and ~650 merges, enough for the toy world's words to be whole tokens, as Llama-3's are (at 640 "river" was three
+pieces and a base document 131 tokens, more than W)."""
 DIGIT_GROUPS = 2
 """Numbers split left to right in groups of up to 2 digits (Llama-3 uses 3; at toy scale the 1,110 pieces of
 3-digit groups are each seen too rarely to be copied; docs/demo.md has the measurements)."""
@@ -70,7 +72,8 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
     # long documents: 0.5-2 × the target window in tokens (≈ 7 tokens per sentence); facts recalled far away
     long_docs = _documents(plan.long_documents, seed,
                            lambda r: corpus.long_document(r, r.randint(target // 14, target * 2 // 7),
-                                                          facts=r.randint(3, 8)), "long")
+                                                          facts=r.randint(3, 8),
+                                                          recalls=plan.long_recalls), "long")
     chat_rng = random.Random(f"{seed}-chat")
     base_chat = [corpus.chat_sample(chat_rng) for _ in range(plan.chat_samples)]
     sft_chat = [corpus.chat_sample(chat_rng) for _ in range(plan.chat_samples)]
@@ -81,7 +84,8 @@ def build_demo_data(out: Path, plan: DemoPlan, seed: int = 0, log: Callable[[str
 
     raw = out / "raw"
     raw.mkdir(exist_ok=True)
-    spm = train_sentencepiece([d["text"] for d in base_docs[:3000] + prose[:500] + long_docs[:20]],
+    # the base model's tokenizer, fixed before CPT (as Llama-3's): trained on its pretraining corpus only
+    spm = train_sentencepiece([d["text"] for d in base_docs[:3000] + prose[:500]],
                               out / "tokenizer", vocab_size=VOCAB, digit_groups=DIGIT_GROUPS)
     base_path = write_jsonl(raw / "base.jsonl", base_docs + prose)
     # the CPT mixture's general corpus: the long documents, prose and a share of the base's short documents

@@ -17,7 +17,8 @@ from .stages import StageRun, export, reimport, train_stage
 
 SEED = 0
 PREEMPT_AFTER = 3
-"""CPT steps logged before the demo sends SIGUSR1 (the CPT checkpoints every 2 steps until then)."""
+"""CPT steps logged before the demo sends SIGUSR1; the trainer saves on the signal (plan.cpt_interval: its
+periodic checkpoints)."""
 
 
 def say(msg: str) -> None:
@@ -40,7 +41,8 @@ def _quiet_libraries() -> None:
 def _stage_args(recipe: str, size: StageSize, plan: DemoPlan, data_paths: str, tokenizer: str,
                 extra: List[str] = ()) -> List[str]:
     args = ["--config", recipe, f"data.paths=[{data_paths}]", f"data.tokenizer={tokenizer}",
-            f"train.max_steps={size.steps}", f"train.global_batch_size={size.batch}", f"optim.lr={size.lr}",
+            f"train.max_steps={size.steps}", f"train.global_batch_size={size.batch}",
+            f"train.micro_batch_size={size.micro_batch or size.batch}", f"optim.lr={size.lr}",
             f"optim.min_lr={size.lr / 10}", f"optim.lr_warmup_steps={size.warmup}", f"train.seed={SEED + 1234}",
             "data.num_workers=0"]
     args += [f"model.{k}={v}" for k, v in plan.model.items()]
@@ -108,7 +110,7 @@ def _cpt_and_sft(demo: Demo, tag: str, data, cpt_extra: List[str], preempt: bool
     """One CPT (CP=2) + SFT + export; returns (the export's summary, the exported folder)."""
     plan, out = demo.plan, demo.out
     cpt_name, sft_name = f"{tag}cpt", f"{tag}sft"
-    interval = [f"checkpoint.interval={2 if preempt else plan.cpt.steps}"]
+    interval = [f"checkpoint.interval={plan.cpt_interval if preempt else plan.cpt.steps}"]
     extra = [f"yarn.target_length={plan.target_length}", f"data.seq_length={plan.target_length}",
              f"yarn.original_max_position_embeddings={plan.window}", f"checkpoint.init_from={out / 'base_mcore'}",
              "checkpoint.keep_last=1"] + interval + cpt_extra

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..train import EXIT_OK, EXIT_PREEMPTED
 
@@ -75,12 +75,19 @@ def threads_per_process(nproc: int) -> str:
     return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
 
 
+def training_env(nproc: int) -> Dict[str, str]:
+    """The environment of ``nproc`` training processes: threads shared out, and MKL_DYNAMIC=FALSE unless set (MKL
+    otherwise runs fewer threads while the machine is busy, which changes the sums: docs/cpu.md)."""
+    return {"MKL_DYNAMIC": "FALSE", **os.environ, "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": threads_per_process(nproc)}
+
+
 def _launch(cmd: Sequence[str], log_path: Path, echo: Callable[[str], None], run_dir: str,
             preempt_after: Optional[int], nproc: int) -> int:
     """Run one command of ``nproc`` processes with its output to ``log_path`` (progress lines every 10th step
     echoed); with ``preempt_after`` send SIGUSR1 to the training processes (_preempt) once that many steps are in
     metrics.jsonl (a SLURM warning)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads_per_process(nproc)}
+    env = training_env(nproc)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         sent = False

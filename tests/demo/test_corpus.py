@@ -19,6 +19,20 @@ def test_a_short_document_states_its_number_then_recalls_it():
     assert len(numbers) >= 5 and len(set(numbers)) == 1, doc
 
 
+def test_a_long_document_states_each_number_early_and_recalls_it_as_often_as_asked():
+    rng = random.Random(4)
+    for _ in range(20):
+        doc = corpus.long_document(rng, 400, facts=3, recalls=10)
+        words = [w.strip(".?") for w in doc.split()]
+        positions = {}
+        for i, w in enumerate(words):
+            if w.isdigit():
+                positions.setdefault(w, []).append(i / len(words))
+        # stated once in the first fifth (some statements name the number twice), then recalled 10 times
+        assert len(positions) == 3 and all(len(p) in (11, 12) for p in positions.values()), doc
+        assert all(p[0] < 0.25 for p in positions.values()), doc
+
+
 def test_every_chat_answer_is_exact_for_its_task():
     rng = random.Random(2)
     for _ in range(50):
