@@ -41,7 +41,7 @@ def _flushes_subnormals(rank, world, run_dir):
     tiny = torch.tensor([1e-40])  # a subnormal float32
     torch.set_flush_denormal(False)
     kept = (tiny * 1.0).item() != 0.0
-    trainer = Trainer(toy_cfg(run_dir, "train.max_steps=1"))
+    trainer = Trainer(toy_cfg(run_dir, "train.max_steps=2"))
     trainer.close()
     return kept, (tiny * 1.0).item() == 0.0
 
